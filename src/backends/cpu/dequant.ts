@@ -1,0 +1,83 @@
+/**
+ * Host-side decoding of packed weight formats, one row at a time.
+ * Kernels dequantize a row (or a tile of rows) into scratch and compute on it, so a
+ * packed weight is never inflated to float32 as a whole.
+ */
+import type { HostWeight } from '../backend.js';
+
+/** e4m3fn (bias 7, no infinities, S.1111.111 = NaN) to float32, all 256 codes. */
+export const E4M3_TABLE: Float32Array = (() => {
+  const t = new Float32Array(256);
+  for (let b = 0; b < 256; b++) {
+    const sign = b & 0x80 ? -1 : 1;
+    const e = (b >> 3) & 0xf;
+    const m = b & 0x7;
+    if (e === 0xf && m === 0x7) t[b] = NaN;
+    else if (e === 0) t[b] = sign * Math.pow(2, -6) * (m / 8);
+    else t[b] = sign * Math.pow(2, e - 7) * (1 + m / 8);
+  }
+  return t;
+})();
+
+/** IEEE half to float32, all 65536 codes (256 KiB, built on first use). */
+let f16Table: Float32Array | null = null;
+export function f16Table64k(): Float32Array {
+  if (f16Table) return f16Table;
+  const t = new Float32Array(65536);
+  for (let h = 0; h < 65536; h++) {
+    const sign = h & 0x8000 ? -1 : 1;
+    const e = (h >> 10) & 0x1f;
+    const m = h & 0x3ff;
+    if (e === 0) t[h] = sign * Math.pow(2, -14) * (m / 1024);
+    else if (e === 0x1f) t[h] = m ? NaN : sign * Infinity;
+    else t[h] = sign * Math.pow(2, e - 15) * (1 + m / 1024);
+  }
+  f16Table = t;
+  return t;
+}
+
+/**
+ * Writes row r of w as float32 into out[outOffset .. outOffset + cols).
+ * For f32 weights prefer `f32Row`, which returns a view and copies nothing.
+ */
+export function dequantRow(w: HostWeight, r: number, out: Float32Array, outOffset = 0): void {
+  const cols = w.cols;
+  const base = r * cols;
+  switch (w.format) {
+    case 'f32': {
+      out.set((w.data as Float32Array).subarray(base, base + cols), outOffset);
+      return;
+    }
+    case 'bf16': {
+      // bf16 is the top half of a float32: shift into place through an integer view.
+      const src = w.data as Uint16Array;
+      const o32 = new Uint32Array(out.buffer, out.byteOffset + outOffset * 4, cols);
+      for (let c = 0; c < cols; c++) o32[c] = src[base + c] << 16;
+      return;
+    }
+    case 'f16': {
+      const src = w.data as Uint16Array;
+      const t = f16Table64k();
+      for (let c = 0; c < cols; c++) out[outOffset + c] = t[src[base + c]];
+      return;
+    }
+    case 'fp8_e4m3_block': {
+      const src = w.data as Uint8Array;
+      const scales = w.scales!;
+      const bc = w.blockCols!;
+      const scaleCols = Math.ceil(cols / bc);
+      const srow = Math.floor(r / w.blockRows!) * scaleCols;
+      for (let c0 = 0, sb = 0; c0 < cols; c0 += bc, sb++) {
+        const s = scales[srow + sb];
+        const end = Math.min(cols, c0 + bc);
+        for (let c = c0; c < end; c++) out[outOffset + c] = E4M3_TABLE[src[base + c]] * s;
+      }
+      return;
+    }
+  }
+}
+
+/** Bytes the packed weight occupies (data plus scales). */
+export function weightBytes(w: HostWeight): number {
+  return w.data.byteLength + (w.scales ? w.scales.byteLength : 0);
+}
