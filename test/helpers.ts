@@ -1,0 +1,47 @@
+/**
+ * Shared test helpers: where the repository and the golden fixtures are.
+ * Works both from the compiled dist/test/*.js and from test/*.ts run directly.
+ */
+import { existsSync, readdirSync } from 'node:fs';
+import { dirname, join, resolve } from 'node:path';
+import { fileURLToPath } from 'node:url';
+
+function findRepoRoot(start: string): string {
+  let dir = start;
+  for (;;) {
+    if (existsSync(join(dir, 'package.json')) && existsSync(join(dir, 'tsconfig.json'))) return dir;
+    const up = dirname(dir);
+    if (up === dir) throw new Error(`cannot find the repository root above ${start}`);
+    dir = up;
+  }
+}
+
+/** Absolute path of the repository root (the folder holding package.json). */
+export const repoRoot: string = findRepoRoot(dirname(fileURLToPath(import.meta.url)));
+
+/**
+ * Folder of golden fixtures: $SHOAL_FIXTURES when set, else shared/fixtures inside the
+ * repository when present (as on machines that carry shared/ along), else ../shared/fixtures
+ * next to the repository.
+ */
+export function fixturesDir(): string {
+  const env = process.env['SHOAL_FIXTURES'];
+  if (env) return resolve(env);
+  const inside = resolve(repoRoot, 'shared/fixtures');
+  if (existsSync(inside)) return inside;
+  return resolve(repoRoot, '../shared/fixtures');
+}
+
+/** Absolute paths of the fixture folders (those holding golden.json), sorted by name. */
+export function listFixtures(): string[] {
+  const root = fixturesDir();
+  return readdirSync(root, { withFileTypes: true })
+    .filter((d) => d.isDirectory() && existsSync(join(root, d.name, 'golden.json')))
+    .map((d) => join(root, d.name))
+    .sort();
+}
+
+/** Path of one named fixture folder, e.g. fixture('deepseek-v3-tiny'). */
+export function fixture(name: string): string {
+  return join(fixturesDir(), name);
+}
