@@ -1,0 +1,30 @@
+/**
+ * Golden logits: every fixture folder (../shared/fixtures, or $SHOAL_FIXTURES) must match
+ * DeepSeek's reference implementation in prefill, decode through the cache, and MTP.
+ */
+import { describe, it } from 'node:test';
+import assert from 'node:assert/strict';
+import { basename } from 'node:path';
+import { CpuBackend } from '../src/backends/cpu/cpu-backend.js';
+import { runGolden } from '../src/engine/golden.js';
+import { listFixtures } from './helpers.js';
+
+const fixtures = listFixtures();
+
+describe('golden fixtures on the CPU backend', () => {
+  it('finds fixtures to check', () => {
+    assert.ok(fixtures.length > 0, 'no fixture folders found: set SHOAL_FIXTURES or provide ../shared/fixtures');
+  });
+  for (const dir of fixtures) {
+    it(basename(dir), async () => {
+      const report = await runGolden(dir, new CpuBackend());
+      const names = report.comparisons.map((c) => c.name);
+      assert.ok(names.includes('prefill') && names.includes('decode'), `compared ${names}`);
+      for (const c of report.comparisons) {
+        assert.ok(c.maxAbsDiff <= 1e-3, `${c.name}: max |diff| ${c.maxAbsDiff}`);
+        assert.equal(c.argmaxAgree, c.rows, `${c.name}: argmax agreement ${c.argmaxAgree}/${c.rows}`);
+      }
+      assert.ok(report.pass);
+    });
+  }
+});
