@@ -34,7 +34,7 @@ export interface ModelSummary {
 export function summarize(ckpt: Checkpoint, cfg: DeepseekConfig): ModelSummary {
   let params = 0, mtpParams = 0, routed = 0;
   const layerOf = (name: string) => Number(/^model\.layers\.(\d+)\./.exec(name)?.[1] ?? -1);
-  for (const [name, shape] of expectedTensors(cfg, true)) {
+  for (const [name, shape] of expectedTensors(cfg, true, (n) => ckpt.tensors.has(n))) {
     const n = shape.reduce((a, b) => a * b, 1);
     if (layerOf(name) >= cfg.numHiddenLayers) mtpParams += n;
     else {

@@ -161,7 +161,7 @@ export class DeepseekModel {
   static checkCheckpoint(ckpt: Checkpoint, opts: { mtp?: boolean } = {}): DeepseekConfig {
     const cfg = parseDeepseekConfig(ckpt.config, `${ckpt.dir}/config.json`);
     const r = new WeightReader(ckpt, cfg.weightBlockSize);
-    for (const [name, shape] of expectedTensors(cfg, opts.mtp ?? true)) r.check(name, shape);
+    for (const [name, shape] of expectedTensors(cfg, opts.mtp ?? true, (n) => r.has(n))) r.check(name, shape);
     return cfg;
   }
 
@@ -193,15 +193,18 @@ export class DeepseekModel {
       const i = cfg.numHiddenLayers + j;
       const b = placement.backendFor(i);
       const p = `model.layers.${i}`;
+      // Published checkpoints store copies of the main embedding and LM head in the MTP layer;
+      // small exports may leave them out, and then the main ones (same values) are used.
+      const shared = (name: string, main: DeviceWeight, mainName: string) =>
+        r.has(name) ? up(b, name, [cfg.vocabSize, d]) : b === last ? main : up(b, mainName, [cfg.vocabSize, d]);
       m.mtp.push({
         decoder: loadDecoderLayer(cfg, i, b, up),
-        // The MTP layer's embedding and head are copies of the main ones in published checkpoints.
-        embed: up(b, `${p}.embed_tokens.weight`, [cfg.vocabSize, d]),
+        embed: shared(`${p}.embed_tokens.weight`, m.embed, 'model.embed_tokens.weight'),
         enorm: up(b, `${p}.enorm.weight`, [d]),
         hnorm: up(b, `${p}.hnorm.weight`, [d]),
         ehProj: up(b, `${p}.eh_proj.weight`, [d, 2 * d]),
         headNorm: up(b, `${p}.shared_head.norm.weight`, [d]),
-        head: up(b, `${p}.shared_head.head.weight`, [cfg.vocabSize, d]),
+        head: shared(`${p}.shared_head.head.weight`, m.lmHead, cfg.tieWordEmbeddings ? 'model.embed_tokens.weight' : 'lm_head.weight'),
       });
     }
     opts.onProgress?.(total, total);
@@ -347,7 +350,7 @@ function layerTensors(cfg: DeepseekConfig, i: number): [string, number[]][] {
 }
 
 /** Every tensor name and shape the config implies (the checkpoint may hold more). */
-export function expectedTensors(cfg: DeepseekConfig, withMtp = true): [string, number[]][] {
+export function expectedTensors(cfg: DeepseekConfig, withMtp = true, present: (name: string) => boolean = () => true): [string, number[]][] {
   const d = cfg.hiddenSize;
   const t: [string, number[]][] = [[`model.embed_tokens.weight`, [cfg.vocabSize, d]], [`model.norm.weight`, [d]]];
   if (!cfg.tieWordEmbeddings) t.push([`lm_head.weight`, [cfg.vocabSize, d]]);
@@ -358,9 +361,11 @@ export function expectedTensors(cfg: DeepseekConfig, withMtp = true): [string, n
       const p = `model.layers.${i}`;
       t.push(...layerTensors(cfg, i));
       t.push(
-        [`${p}.embed_tokens.weight`, [cfg.vocabSize, d]], [`${p}.enorm.weight`, [d]], [`${p}.hnorm.weight`, [d]],
-        [`${p}.eh_proj.weight`, [d, 2 * d]], [`${p}.shared_head.norm.weight`, [d]], [`${p}.shared_head.head.weight`, [cfg.vocabSize, d]],
+        [`${p}.enorm.weight`, [d]], [`${p}.hnorm.weight`, [d]],
+        [`${p}.eh_proj.weight`, [d, 2 * d]], [`${p}.shared_head.norm.weight`, [d]],
       );
+      // Optional copies of the main embedding and head (checked when present).
+      for (const n of [`${p}.embed_tokens.weight`, `${p}.shared_head.head.weight`]) if (present(n)) t.push([n, [cfg.vocabSize, d]]);
     }
   }
   return t;

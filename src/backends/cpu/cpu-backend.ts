@@ -88,7 +88,7 @@ export class CpuBackend implements Backend {
   }
 
   async read(x: Tensor): Promise<Float32Array> {
-    return t(x).data;
+    return Float32Array.from(t(x).data);
   }
 
   createKVPool(layers: number, numBlocks: number, blockSize: number, width: number): KVPool {
@@ -362,7 +362,7 @@ export class CpuBackend implements Backend {
 
   async readRouting(r: Routing): Promise<{ ids: Int32Array; weights: Float32Array }> {
     const cr = r as CpuRouting;
-    return { ids: cr.ids, weights: cr.weights };
+    return { ids: Int32Array.from(cr.ids), weights: Float32Array.from(cr.weights) };
   }
 
   moe(xIn: Tensor, rIn: Routing, experts: ExpertWeights[]): Tensor {
