@@ -1,7 +1,7 @@
 /** Helpers shared by CLI commands: option parsing and loading an engine with progress. */
 import { InvalidArgumentError } from 'commander';
 import { createBackend } from '../backends/index.js';
-import { Engine } from '../engine/engine.js';
+import { Engine, type EngineOptions } from '../engine/engine.js';
 import { Progress } from './progress.js';
 
 /** Commander parser for integers within bounds. */
@@ -21,10 +21,10 @@ export function numberOption(v: string): number {
 }
 
 /** Loads an engine on the requested device, showing a progress bar on stderr. */
-export async function loadEngine(model: string, device: string, maxContext?: number): Promise<Engine> {
+export async function loadEngine(model: string, device: string, opts: Omit<EngineOptions, 'backend'> = {}): Promise<Engine> {
   const backend = await createBackend(device);
   const progress = new Progress('loading weights');
-  const engine = await Engine.load(model, { backend, maxContext, onProgress: (d, t) => progress.update(d, t) });
+  const engine = await Engine.load(model, { ...opts, backend, onProgress: (d, t) => progress.update(d, t) });
   progress.done();
   return engine;
 }

@@ -25,6 +25,7 @@ interface RunOptions {
   ignoreEos?: boolean;
   device: string;
   maxContext?: number;
+  speculative?: 'mtp';
 }
 
 /** Adds the sampling flags shared by run, chat and bench. */
@@ -61,12 +62,14 @@ export function registerRun(program: Command): void {
     .option('--max-tokens <n>', 'most tokens to generate', intOption(1), 256)
     .option('--stop <text>', 'stop string (repeatable)', (v: string, acc: string[]) => [...acc, v], [] as string[])
     .option('--ignore-eos', 'keep generating past end-of-sequence')
+    .option('--speculative <method>', 'speculative decoding with the checkpoint\'s MTP head: mtp')
     .option('--device <name>', 'cpu | auto', 'auto')
     .option('--max-context <n>', 'context length to size the KV cache for', intOption(2));
   addSamplingOptions(cmd).action(async (o: RunOptions) => {
     if (o.prompt === undefined && !o.chat) throw new UserError('give --prompt TEXT or --chat');
     const sampling = samplingFromOptions(o);
-    const engine = await loadEngine(o.model, o.device, o.maxContext);
+    if (o.speculative !== undefined && o.speculative !== 'mtp') throw new UserError(`unknown method "${o.speculative}" (supported: mtp)`, '--speculative');
+    const engine = await loadEngine(o.model, o.device, { maxContext: o.maxContext, speculative: o.speculative ?? null });
     try {
       const gen: GenerateOptions = { sampling, maxTokens: o.maxTokens, stop: o.stop, ignoreEos: o.ignoreEos };
       if (!o.chat) {
@@ -81,7 +84,7 @@ export function registerRun(program: Command): void {
       }
       await chatLoop(engine, history, gen);
     } finally {
-      engine.close();
+      await engine.close();
     }
   });
 }
@@ -127,6 +130,7 @@ export function formatStats(s: GenerationStats): string {
   const rate = (n: number, ms: number) => (ms > 0 ? ((n * 1000) / ms).toFixed(1) : '-');
   // The first generated token comes from the prefill's logits; decode speed counts the rest.
   const decoded = Math.max(0, s.completionTokens - 1);
+  const spec = s.draftTokens ? `, MTP acceptance: ${((100 * s.acceptedTokens) / s.draftTokens).toFixed(1)}% (${s.acceptedTokens}/${s.draftTokens})` : '';
   return `prompt tokens: ${s.promptTokens}, generated tokens: ${s.completionTokens} (${s.finishReason}), ` +
-    `prefill: ${rate(s.promptTokens, s.prefillMs)} tok/s, decode: ${rate(decoded, s.decodeMs)} tok/s`;
+    `prefill: ${rate(s.promptTokens, s.prefillMs)} tok/s, decode: ${rate(decoded, s.decodeMs)} tok/s${spec}`;
 }

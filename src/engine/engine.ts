@@ -1,26 +1,32 @@
 /**
- * The engine: a loaded model, its tokenizer and latent cache, and the generation loop for
- * one sequence at a time (the server's scheduler batches many on top of the same model).
+ * The engine: a checkpoint loaded onto a backend, its tokenizer, and the scheduler that
+ * runs generations (one at a time for `shoal run`, many batched for `shoal serve`).
  */
 import { existsSync, readFileSync } from 'node:fs';
 import { join } from 'node:path';
 import type { Backend } from '../backends/backend.js';
 import { openCheckpoint } from '../formats/checkpoint.js';
 import type { Checkpoint } from '../formats/types.js';
-import { DeepseekModel, type ModelCache } from '../models/deepseek.js';
+import { DeepseekModel } from '../models/deepseek.js';
 import { loadTokenizer, type ShoalTokenizer } from '../tokenizer/tokenizer.js';
 import { UserError } from '../errors.js';
-import { BlockAllocator, SequenceBlocks } from './kv-cache.js';
-import { Sampler, StopStringMatcher, defaultSamplingParams, type SamplingParams } from './sampling.js';
+import { defaultSamplingParams, type SamplingParams } from './sampling.js';
+import { Scheduler } from './scheduler.js';
+import type { FinishReason } from './scheduler-types.js';
 
 export interface EngineOptions {
   backend: Backend;
-  /** Tokens of context the cache is sized for (default: min(max_position_embeddings, 4096)). */
+  /** Tokens of context (default: min(max_position_embeddings, 4096)). */
   maxContext?: number;
   /** Tokens per cache block. */
   blockSize?: number;
-  /** Prompt tokens per forward pass during prefill (bounds activation memory). */
-  prefillChunk?: number;
+  /** Tokens per forward pass over all sequences (long prompts are prefilled in chunks of this). */
+  maxBatchTokens?: number;
+  /** Sequences decoded together. */
+  maxRunning?: number;
+  maxQueue?: number;
+  kvCacheMb?: number;
+  speculative?: 'mtp' | null;
   onProgress?: (done: number, total: number) => void;
 }
 
@@ -34,22 +40,22 @@ export interface GenerateOptions {
   signal?: AbortSignal;
 }
 
-export type FinishReason = 'stop' | 'length' | 'abort';
-
 export interface GenerationStats {
   promptTokens: number;
   completionTokens: number;
+  /** Time to the first token (prefill). */
   prefillMs: number;
+  /** Time after the first token. */
   decodeMs: number;
   finishReason: FinishReason;
   tokenIds: number[];
+  draftTokens: number;
+  acceptedTokens: number;
 }
 
+/** A loaded model with its tokenizer and a scheduler that runs every generation. */
 export class Engine {
-  readonly cache: ModelCache;
-  readonly alloc: BlockAllocator;
-  readonly maxContext: number;
-  readonly prefillChunk: number;
+  readonly scheduler: Scheduler;
   /** Sampling defaults from generation_config.json, else greedy. */
   readonly defaultSampling: SamplingParams;
 
@@ -61,13 +67,17 @@ export class Engine {
     readonly backend: Backend,
     opts: EngineOptions,
   ) {
-    const cfg = model.cfg;
-    this.maxContext = Math.min(opts.maxContext ?? 4096, cfg.maxPositionEmbeddings);
-    const blockSize = opts.blockSize ?? 16;
-    this.alloc = new BlockAllocator(Math.ceil(this.maxContext / blockSize), blockSize);
-    this.cache = model.createCache(this.alloc.numBlocks, blockSize);
-    this.prefillChunk = opts.prefillChunk ?? 256;
     this.defaultSampling = readGenerationConfig(dir);
+    this.scheduler = new Scheduler(model, tokenizer, backend, {
+      maxRunning: opts.maxRunning ?? 1,
+      maxQueue: opts.maxQueue ?? 256,
+      kvCacheMb: opts.kvCacheMb,
+      blockSize: opts.blockSize,
+      maxBatchTokens: opts.maxBatchTokens,
+      maxContext: opts.maxContext,
+      speculative: opts.speculative,
+      defaultSampling: this.defaultSampling,
+    });
   }
 
   static async load(dir: string, opts: EngineOptions): Promise<Engine> {
@@ -82,11 +92,8 @@ export class Engine {
     }
   }
 
-  /** Token ids that end generation: the config's EOS ids and the tokenizer's EOS. */
-  get eosTokenIds(): number[] {
-    const ids = new Set(this.model.cfg.eosTokenIds);
-    if (this.tokenizer.eosTokenId !== undefined) ids.add(this.tokenizer.eosTokenId);
-    return [...ids];
+  get maxContext(): number {
+    return this.scheduler.maxContext;
   }
 
   /**
@@ -94,88 +101,41 @@ export class Engine {
    * UTF-8 character, never part of a stop string). Returns the statistics.
    */
   async *generate(prompt: number[], opts: GenerateOptions = {}): AsyncGenerator<string, GenerationStats> {
-    const cfg = this.model.cfg;
-    if (!prompt.length) throw new UserError('the prompt is empty');
-    for (const id of prompt) if (!Number.isInteger(id) || id < 0 || id >= cfg.vocabSize) throw new UserError(`token id ${id} outside the vocabulary (${cfg.vocabSize})`, 'prompt');
-    const maxTokens = opts.maxTokens ?? 256;
-    if (prompt.length >= this.maxContext) {
-      throw new UserError(`prompt is ${prompt.length} tokens, the context holds ${this.maxContext}`, 'prompt');
-    }
-    const budget = Math.min(maxTokens, this.maxContext - prompt.length);
-    const sampler = new Sampler({ ...this.defaultSampling, ...stripUndefined(opts.sampling ?? {}) }, cfg.vocabSize, prompt);
-    const stopIds = new Set([...(opts.ignoreEos ? [] : this.eosTokenIds), ...(opts.stopTokenIds ?? [])]);
-    const stops = new StopStringMatcher(opts.stop ?? []);
-    const detok = this.tokenizer.streamDecoder({ contextIds: prompt, skipSpecialTokens: true });
-    const seq = new SequenceBlocks(this.alloc);
-    const b = this.model.placement.backendFor(cfg.numHiddenLayers - 1);
+    const maxTokens = Math.min(opts.maxTokens ?? 256, this.maxContext - prompt.length);
+    if (maxTokens < 1) throw new UserError(`prompt is ${prompt.length} tokens, the context holds ${this.maxContext}`, 'prompt');
+    const events = this.scheduler.submit({
+      prompt, maxTokens, sampling: opts.sampling, stop: opts.stop, stopTokenIds: opts.stopTokenIds,
+      ignoreEos: opts.ignoreEos, signal: opts.signal,
+    });
     const tokenIds: number[] = [];
-    let finishReason: FinishReason = 'length';
-    const t0 = performance.now();
-    let prefillMs = 0;
-    try {
-      if (!seq.ensure(prompt.length + budget)) throw new UserError('not enough KV-cache blocks for this request');
-      const blockTables = [seq.table()];
-      // Prefill in chunks; only the last position's logits are needed.
-      let logits: Float32Array | null = null;
-      for (let start = 0; start < prompt.length; start += this.prefillChunk) {
-        const end = Math.min(prompt.length, start + this.prefillChunk);
-        const n = end - start;
-        const batch = {
-          tokens: Int32Array.from(prompt.slice(start, end)),
-          positions: Int32Array.from({ length: n }, (_, i) => start + i),
-          seqIndex: new Int32Array(n),
-          blockTables,
+    for await (const e of events) {
+      if (e.text) yield e.text;
+      if (e.type === 'token') tokenIds.push(e.token.id);
+      else {
+        return {
+          promptTokens: e.usage.promptTokens,
+          completionTokens: e.usage.completionTokens,
+          prefillMs: e.ttftMs,
+          decodeMs: e.totalMs - e.ttftMs,
+          finishReason: e.finishReason,
+          tokenIds,
+          draftTokens: e.draftTokens,
+          acceptedTokens: e.acceptedTokens,
         };
-        const hidden = await this.model.forward(batch, this.cache);
-        if (end === prompt.length) logits = await b.read(this.model.logits(hidden, Int32Array.of(n - 1)));
-        if (opts.signal?.aborted) return { promptTokens: prompt.length, completionTokens: 0, prefillMs: performance.now() - t0, decodeMs: 0, finishReason: 'abort', tokenIds };
       }
-      prefillMs = performance.now() - t0;
-      let pos = prompt.length;
-      while (tokenIds.length < budget) {
-        const token = sampler.sample(logits!);
-        sampler.accept(token);
-        tokenIds.push(token);
-        if (stopIds.has(token)) { finishReason = 'stop'; break; }
-        const r = stops.push(detok.push(token));
-        if (r.emit) yield r.emit;
-        if (r.stopped) { finishReason = 'stop'; break; }
-        if (tokenIds.length >= budget) break;
-        if (opts.signal?.aborted) { finishReason = 'abort'; break; }
-        const hidden = await this.model.forward({ tokens: Int32Array.of(token), positions: Int32Array.of(pos), seqIndex: new Int32Array(1), blockTables }, this.cache);
-        logits = await b.read(this.model.logits(hidden));
-        pos++;
-      }
-      if (finishReason !== 'stop' || !stops.stopped) {
-        const tail = stops.push(detok.flush());
-        const rest = tail.emit + (tail.stopped ? '' : stops.flush());
-        if (rest) yield rest;
-      }
-    } finally {
-      seq.releaseAll();
     }
-    return {
-      promptTokens: prompt.length,
-      completionTokens: tokenIds.length,
-      prefillMs,
-      decodeMs: performance.now() - t0 - prefillMs,
-      finishReason,
-      tokenIds,
-    };
+    throw new Error('generation ended without a result');
   }
 
-  close(): void {
+  async close(): Promise<void> {
+    await this.scheduler.shutdown();
     this.ckpt.tensors.close();
     this.backend.dispose();
   }
 }
 
-function stripUndefined<T extends object>(o: T): Partial<T> {
-  return Object.fromEntries(Object.entries(o).filter(([, v]) => v !== undefined)) as Partial<T>;
-}
-
 /** HF generation_config.json sampling defaults (temperature, top_p, top_k), else greedy. */
-function readGenerationConfig(dir: string): SamplingParams {
+export function readGenerationConfig(dir: string): SamplingParams {
   const p = { ...defaultSamplingParams(), temperature: 0 };
   const file = join(dir, 'generation_config.json');
   if (!existsSync(file)) return p;
