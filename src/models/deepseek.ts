@@ -17,13 +17,22 @@ import { Placement } from '../engine/placement.js';
 
 // ---- rotary embedding ------------------------------------------------------------------
 
+/**
+ * YaRN settings when they take effect: as in DeepSeek's reference, only when the model's
+ * context (max_position_embeddings) extends past the original one.
+ */
+function yarnScaling(cfg: DeepseekConfig) {
+  const ys = cfg.ropeScaling;
+  return ys && cfg.maxPositionEmbeddings > ys.originalMaxPositionEmbeddings ? ys : null;
+}
+
 /** Inverse RoPE frequencies for the rope slice, with YaRN's blend when rope_scaling is set. */
 export function ropeInvFreq(cfg: DeepseekConfig): Float32Array {
   const dim = cfg.qkRopeHeadDim;
   const half = dim / 2;
   const freqs = new Float32Array(half);
   for (let i = 0; i < half; i++) freqs[i] = 1 / Math.pow(cfg.ropeTheta, (2 * i) / dim);
-  const ys = cfg.ropeScaling;
+  const ys = yarnScaling(cfg);
   if (!ys) return freqs;
   // Dimensions that rotate fewer than beta_slow times over the original context get
   // interpolated (divided by factor); those above beta_fast keep their frequency.
@@ -43,7 +52,7 @@ export function ropeInvFreq(cfg: DeepseekConfig): Float32Array {
 /** q·k scale: 1/sqrt(qk head dim), times mscale^2 under YaRN (mscale from mscale_all_dim). */
 export function softmaxScale(cfg: DeepseekConfig): number {
   let scale = 1 / Math.sqrt(cfg.qkNopeHeadDim + cfg.qkRopeHeadDim);
-  const ys = cfg.ropeScaling;
+  const ys = yarnScaling(cfg);
   if (ys && ys.factor > 1) {
     const m = 0.1 * ys.mscaleAllDim * Math.log(ys.factor) + 1;
     scale *= m * m;
