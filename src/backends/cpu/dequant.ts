@@ -4,37 +4,10 @@
  * packed weight is never inflated to float32 as a whole.
  */
 import type { HostWeight } from '../backend.js';
+import { e4m3Table32, f16Table32 } from '../../formats/safetensors.js';
 
-/** e4m3fn (bias 7, no infinities, S.1111.111 = NaN) to float32, all 256 codes. */
-export const E4M3_TABLE: Float32Array = (() => {
-  const t = new Float32Array(256);
-  for (let b = 0; b < 256; b++) {
-    const sign = b & 0x80 ? -1 : 1;
-    const e = (b >> 3) & 0xf;
-    const m = b & 0x7;
-    if (e === 0xf && m === 0x7) t[b] = NaN;
-    else if (e === 0) t[b] = sign * Math.pow(2, -6) * (m / 8);
-    else t[b] = sign * Math.pow(2, e - 7) * (1 + m / 8);
-  }
-  return t;
-})();
-
-/** IEEE half to float32, all 65536 codes (256 KiB, built on first use). */
-let f16Table: Float32Array | null = null;
-export function f16Table64k(): Float32Array {
-  if (f16Table) return f16Table;
-  const t = new Float32Array(65536);
-  for (let h = 0; h < 65536; h++) {
-    const sign = h & 0x8000 ? -1 : 1;
-    const e = (h >> 10) & 0x1f;
-    const m = h & 0x3ff;
-    if (e === 0) t[h] = sign * Math.pow(2, -14) * (m / 1024);
-    else if (e === 0x1f) t[h] = m ? NaN : sign * Infinity;
-    else t[h] = sign * Math.pow(2, e - 15) * (1 + m / 1024);
-  }
-  f16Table = t;
-  return t;
-}
+/** e4m3fn codes as float32 (the format module owns the decode tables). */
+const E4M3_TABLE: Float32Array = e4m3Table32();
 
 /**
  * Writes row r of w as float32 into out[outOffset .. outOffset + cols).
@@ -57,7 +30,7 @@ export function dequantRow(w: HostWeight, r: number, out: Float32Array, outOffse
     }
     case 'f16': {
       const src = w.data as Uint16Array;
-      const t = f16Table64k();
+      const t = f16Table32();
       for (let c = 0; c < cols; c++) out[outOffset + c] = t[src[base + c]];
       return;
     }
