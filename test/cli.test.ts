@@ -96,6 +96,19 @@ describe('shoal inspect / tokenize / run', () => {
     assert.ok(Array.isArray(ids) && ids[0] === 0 && ids.length > 1);
   });
 
+  it('run --speculative mtp on the demo model: same greedy text, acceptance above zero', () => {
+    const demo = join(repoRoot, 'models/demo');
+    const args = ['run', '--model', demo, '--prompt', 'And God said', '--max-tokens', '30', '--temperature', '0', '--ignore-eos'];
+    const plain = shoal(...args);
+    const spec = shoal(...args, '--speculative', 'mtp');
+    assert.equal(plain.code, 0, plain.stderr);
+    assert.equal(spec.code, 0, spec.stderr);
+    assert.equal(spec.stdout, plain.stdout);
+    assert.match(plain.stdout, /[a-z]+ [a-z]+/i, 'the demo model writes words');
+    const m = /MTP acceptance: ([\d.]+)%/.exec(spec.stderr);
+    assert.ok(m && Number(m[1]) > 0, spec.stderr);
+  });
+
   it('run streams text and prints token counts and speeds', () => {
     const r = shoal('run', '--model', fixture('deepseek-v3-tiny'), '--prompt', 'hello world', '--max-tokens', '5', '--ignore-eos');
     assert.equal(r.code, 0, r.stderr);

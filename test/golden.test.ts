@@ -7,9 +7,12 @@ import assert from 'node:assert/strict';
 import { basename } from 'node:path';
 import { CpuBackend } from '../src/backends/cpu/cpu-backend.js';
 import { runGolden } from '../src/engine/golden.js';
-import { listFixtures } from './helpers.js';
+import { join } from 'node:path';
+import { listFixtures, repoRoot } from './helpers.js';
 
-const fixtures = listFixtures();
+// The shared fixtures, plus the bundled demo model, whose golden logits come from its
+// training code (a second, independent implementation of the architecture).
+const fixtures = [...listFixtures(), join(repoRoot, 'models/demo')];
 
 describe('golden fixtures on the CPU backend', () => {
   it('finds fixtures to check', () => {

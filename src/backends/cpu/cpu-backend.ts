@@ -89,6 +89,19 @@ function matmulTile(x: Float32Array, n: number, k: number, rows: Float32Array, b
       out[o] = a20; out[o + 1] = a21; out[o + 2] = a22; out[o + 3] = a23; o += m;
       out[o] = a30; out[o + 1] = a31; out[o + 2] = a32; out[o + 3] = a33;
     }
+    for (; i + 1 < n; i += 2) {
+      const x0 = i * k, x1 = x0 + k;
+      let a00 = 0, a01 = 0, a02 = 0, a03 = 0, a10 = 0, a11 = 0, a12 = 0, a13 = 0;
+      for (let c = 0; c < k; c++) {
+        const v0 = rows[w0 + c], v1 = rows[w1 + c], v2 = rows[w2 + c], v3 = rows[w3 + c];
+        const u0 = x[x0 + c], u1 = x[x1 + c];
+        a00 += u0 * v0; a01 += u0 * v1; a02 += u0 * v2; a03 += u0 * v3;
+        a10 += u1 * v0; a11 += u1 * v1; a12 += u1 * v2; a13 += u1 * v3;
+      }
+      let o = i * m + r;
+      out[o] = a00; out[o + 1] = a01; out[o + 2] = a02; out[o + 3] = a03; o += m;
+      out[o] = a10; out[o + 1] = a11; out[o + 2] = a12; out[o + 3] = a13;
+    }
     for (; i < n; i++) {
       const x0 = i * k;
       let a0 = 0, a1 = 0, a2 = 0, a3 = 0;
