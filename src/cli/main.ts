@@ -10,6 +10,7 @@ import { registerInspect } from './inspect.js';
 import { registerTokenize } from './tokenize.js';
 import { registerGolden } from './golden.js';
 import { registerPlan } from './plan.js';
+import { registerServe } from './serve.js';
 
 export function buildProgram(): Command {
   const program = new Command('shoal')
@@ -18,6 +19,7 @@ export function buildProgram(): Command {
     .showHelpAfterError('(run with --help for usage)')
     .exitOverride();
   registerRun(program);
+  registerServe(program);
   registerInspect(program);
   registerTokenize(program);
   registerGolden(program);

@@ -6,7 +6,6 @@ import { existsSync, readFileSync } from 'node:fs';
 import { join } from 'node:path';
 import type { Backend } from '../backends/backend.js';
 import { openCheckpoint } from '../formats/checkpoint.js';
-import type { Checkpoint } from '../formats/types.js';
 import { DeepseekModel } from '../models/deepseek.js';
 import { loadTokenizer, type ShoalTokenizer } from '../tokenizer/tokenizer.js';
 import { UserError } from '../errors.js';
@@ -53,22 +52,46 @@ export interface GenerationStats {
   acceptedTokens: number;
 }
 
-/** A loaded model with its tokenizer and a scheduler that runs every generation. */
+/** A checkpoint loaded onto a backend with its tokenizer: what a scheduler runs on. */
+export interface LoadedModel {
+  dir: string;
+  model: DeepseekModel;
+  tokenizer: ShoalTokenizer;
+  backend: Backend;
+  /** Sampling defaults from generation_config.json, else greedy. */
+  defaultSampling: SamplingParams;
+  /** Closes the checkpoint's files and frees the backend. */
+  close(): void;
+}
+
+/** Opens a Hugging Face model folder, uploads its weights to `backend` and loads its tokenizer. */
+export async function loadModel(dir: string, backend: Backend, onProgress?: (done: number, total: number) => void): Promise<LoadedModel> {
+  const ckpt = openCheckpoint(dir);
+  try {
+    const model = DeepseekModel.load(ckpt, backend, { onProgress });
+    const tokenizer = await loadTokenizer(dir);
+    const defaultSampling = readGenerationConfig(dir);
+    return {
+      dir, model, tokenizer, backend, defaultSampling,
+      close: () => { ckpt.tensors.close(); backend.dispose(); },
+    };
+  } catch (e) {
+    ckpt.tensors.close();
+    throw e;
+  }
+}
+
+/** A loaded model and the scheduler that runs its generations. */
 export class Engine {
   readonly scheduler: Scheduler;
-  /** Sampling defaults from generation_config.json, else greedy. */
+  readonly model: DeepseekModel;
+  readonly tokenizer: ShoalTokenizer;
+  readonly backend: Backend;
   readonly defaultSampling: SamplingParams;
 
-  private constructor(
-    readonly dir: string,
-    readonly ckpt: Checkpoint,
-    readonly model: DeepseekModel,
-    readonly tokenizer: ShoalTokenizer,
-    readonly backend: Backend,
-    opts: EngineOptions,
-  ) {
-    this.defaultSampling = readGenerationConfig(dir);
-    this.scheduler = new Scheduler(model, tokenizer, backend, {
+  private constructor(readonly loaded: LoadedModel, opts: EngineOptions) {
+    ({ model: this.model, tokenizer: this.tokenizer, backend: this.backend, defaultSampling: this.defaultSampling } = loaded);
+    this.scheduler = new Scheduler(this.model, this.tokenizer, this.backend, {
       maxRunning: opts.maxRunning ?? 1,
       maxQueue: opts.maxQueue ?? 256,
       kvCacheMb: opts.kvCacheMb,
@@ -81,13 +104,11 @@ export class Engine {
   }
 
   static async load(dir: string, opts: EngineOptions): Promise<Engine> {
-    const ckpt = openCheckpoint(dir);
+    const loaded = await loadModel(dir, opts.backend, opts.onProgress);
     try {
-      const model = DeepseekModel.load(ckpt, opts.backend, { onProgress: opts.onProgress });
-      const tokenizer = await loadTokenizer(dir);
-      return new Engine(dir, ckpt, model, tokenizer, opts.backend, opts);
+      return new Engine(loaded, opts);
     } catch (e) {
-      ckpt.tensors.close();
+      loaded.close();
       throw e;
     }
   }
@@ -129,8 +150,7 @@ export class Engine {
 
   async close(): Promise<void> {
     await this.scheduler.shutdown();
-    this.ckpt.tensors.close();
-    this.backend.dispose();
+    this.loaded.close();
   }
 }
 

@@ -16,6 +16,8 @@ export interface RequestOptions {
   ignoreEos?: boolean;
   /** Return the chosen token's logprob and this many alternatives (0 = chosen only); undefined = none. */
   logprobs?: number;
+  /** Count which experts each MoE layer routes this request's generated tokens to. */
+  collectRouting?: boolean;
   /** Keep special tokens (tool-call and think markers) in the streamed text. */
   keepSpecialTokens?: boolean;
   /** Aborting cancels the request at the next step boundary and frees its cache blocks. */
@@ -50,7 +52,16 @@ export type RequestEvent =
       /** Speculative decoding: drafted and accepted token counts for this request. */
       draftTokens: number;
       acceptedTokens: number;
+      /** With collectRouting: per MoE layer, how many generated tokens chose each routed expert. */
+      routing?: ExpertCounts;
     };
+
+export interface ExpertCounts {
+  /** Decoder layer index of each row of `counts`. */
+  layers: number[];
+  /** counts[i][e]: tokens routed to expert e in layers[i]. */
+  counts: number[][];
+}
 
 export interface SchedulerStats {
   running: number;

@@ -13,13 +13,13 @@
  */
 import { createHash } from 'node:crypto';
 import type { Backend, Tensor } from '../backends/backend.js';
-import type { DeepseekModel, ModelCache } from '../models/deepseek.js';
+import type { DeepseekModel, LayerRouting, ModelCache } from '../models/deepseek.js';
 import type { ShoalTokenizer, StreamDecoder } from '../tokenizer/tokenizer.js';
 import { UserError } from '../errors.js';
 import { BlockAllocator } from './kv-cache.js';
 import { Sampler, StopStringMatcher, defaultSamplingParams, type SamplingParams } from './sampling.js';
 import {
-  QueueFullError, type FinishReason, type RequestEvent, type RequestOptions, type SchedulerStats,
+  QueueFullError, type ExpertCounts, type FinishReason, type RequestEvent, type RequestOptions, type SchedulerStats,
 } from './scheduler-types.js';
 
 export interface SchedulerOptions {
@@ -80,6 +80,7 @@ class Sequence {
   acceptedTokens = 0;
   /** MTP draft proposed after the last accepted token, verified in the next step. */
   draft: number | null = null;
+  routing: ExpertCounts | undefined;
   readonly sampler: Sampler;
   readonly detok: StreamDecoder;
   readonly stops: StopStringMatcher;
@@ -357,7 +358,9 @@ export class Scheduler {
       row += p.count;
     }
     const batch = { tokens, positions, seqIndex, blockTables };
-    const hidden = await this.model.forward(batch, this.cache);
+    const routings: LayerRouting[] | undefined = parts.some((p) => p.s.req.collectRouting) ? [] : undefined;
+    const hidden = await this.model.forward(batch, this.cache, routings);
+    if (routings) await this.countExperts(parts, routings);
     const lastBackend = this.model.placement.backendFor(this.model.cfg.numHiddenLayers - 1);
     const V = this.model.cfg.vocabSize;
     const logits = sampleRows.length ? await lastBackend.read(this.model.logits(hidden, Int32Array.from(sampleRows))) : new Float32Array(0);
@@ -446,6 +449,30 @@ export class Scheduler {
     drafting.forEach((d, j) => { d.s.draft = best[j]; });
   }
 
+  /** Adds this step's expert choices for generated-token rows to the sequences that asked. */
+  private async countExperts(parts: { s: Sequence; start: number; count: number }[], routings: LayerRouting[]): Promise<void> {
+    const E = this.model.cfg.nRoutedExperts;
+    for (const { layer, backend, routing } of routings) {
+      const { ids } = await backend.readRouting(routing);
+      const K = routing.topK;
+      let row = 0;
+      for (const p of parts) {
+        const s = p.s;
+        if (s.req.collectRouting) {
+          s.routing ??= { layers: [], counts: [] };
+          let li = s.routing.layers.indexOf(layer);
+          if (li < 0) { li = s.routing.layers.push(layer) - 1; s.routing.counts.push(new Array(E).fill(0)); }
+          // Rows at or past the prompt are the reply (a verified draft row included).
+          for (let k = 0; k < p.count; k++) {
+            if (p.start + k < s.promptLength) continue;
+            for (let j = 0; j < K; j++) s.routing.counts[li][ids[(row + k) * K + j]]++;
+          }
+        }
+        row += p.count;
+      }
+    }
+  }
+
   /** Records and streams one generated token; returns true when the sequence finished. */
   private emitToken(s: Sequence, token: number, logits: Float32Array): boolean {
     s.sampler.accept(token);
@@ -488,6 +515,7 @@ export class Scheduler {
       totalMs: now - s.submittedAt,
       draftTokens: s.draftTokens,
       acceptedTokens: s.acceptedTokens,
+      routing: s.routing,
     });
   }
 }

@@ -8,7 +8,7 @@
  * inference/model.py, which the golden fixtures come from.
  */
 import type {
-  AttentionBatch, Backend, DeviceWeight, ExpertWeights, KVPool, MlaShape, RouterConfig, Tensor,
+  AttentionBatch, Backend, DeviceWeight, ExpertWeights, KVPool, MlaShape, RouterConfig, Routing, Tensor,
 } from '../backends/backend.js';
 import type { Checkpoint } from '../formats/types.js';
 import { parseDeepseekConfig, type DeepseekConfig } from './config.js';
@@ -114,6 +114,13 @@ export interface ModelCache {
   numBlocks: number;
   /** Global layer index -> its layer index inside its backend's pool. */
   poolLayer: number[];
+}
+
+/** A MoE layer's routing decision, collected on request (for statistics and visualisation). */
+export interface LayerRouting {
+  layer: number;
+  backend: Backend;
+  routing: Routing;
 }
 
 export interface LoadOptions {
@@ -247,13 +254,13 @@ export class DeepseekModel {
    * writing their latents into the cache. Returns the final hidden states after model.norm,
    * [tokens, hidden], on the last layer's backend.
    */
-  async forward(batch: ForwardBatch, cache: ModelCache): Promise<Tensor> {
+  async forward(batch: ForwardBatch, cache: ModelCache, routings?: LayerRouting[]): Promise<Tensor> {
     let b = this.placement.backendFor(0);
     let x = b.embedding(this.embed, batch.tokens);
     for (const layer of this.layers) {
       x = await this.placement.move(x, b, layer.backend);
       b = layer.backend;
-      x = this.decoderLayer(layer, x, batch, cache);
+      x = this.decoderLayer(layer, x, batch, cache, routings);
     }
     return b.rmsNorm(x, this.finalNorm, this.cfg.rmsNormEps);
   }
@@ -281,11 +288,11 @@ export class DeepseekModel {
     return { logits: b.matmul(out, mtp.head), hidden: x };
   }
 
-  private decoderLayer(layer: DecoderLayer, x: Tensor, batch: AttentionBatch, cache: ModelCache): Tensor {
+  private decoderLayer(layer: DecoderLayer, x: Tensor, batch: AttentionBatch, cache: ModelCache, routings?: LayerRouting[]): Tensor {
     const b = layer.backend;
     const eps = this.cfg.rmsNormEps;
     const h = b.add(x, this.attention(layer, b.rmsNorm(x, layer.inputNorm, eps), batch, cache));
-    return b.add(h, this.mlp(layer, b.rmsNorm(h, layer.postAttnNorm, eps)));
+    return b.add(h, this.mlp(layer, b.rmsNorm(h, layer.postAttnNorm, eps), routings));
   }
 
   /** Multi-head latent attention: only [normalized latent | rotated rope key] is cached per token. */
@@ -306,11 +313,12 @@ export class DeepseekModel {
     return b.matmul(out, a.o);
   }
 
-  private mlp(layer: DecoderLayer, x: Tensor): Tensor {
+  private mlp(layer: DecoderLayer, x: Tensor, routings?: LayerRouting[]): Tensor {
     const b = layer.backend;
     const m = layer.mlp;
     if (m.kind === 'dense') return b.matmul(b.swiglu(b.matmul(x, m.gate), b.matmul(x, m.up)), m.down);
     const routing = b.route(b.matmul(x, m.router), m.routerBias, this.router);
+    routings?.push({ layer: layer.index, backend: b, routing });
     const routed = b.moe(x, routing, m.experts);
     if (!m.shared) return routed;
     const s = m.shared;
