@@ -8,6 +8,7 @@ import assert from 'node:assert/strict';
 import {
   closeSync,
   copyFileSync,
+  ftruncateSync,
   mkdirSync,
   mkdtempSync,
   openSync,
@@ -17,6 +18,7 @@ import {
   statSync,
   symlinkSync,
   writeFileSync,
+  writeSync,
 } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { basename, join } from 'node:path';
@@ -201,6 +203,38 @@ describe('fixtures', () => {
 // ---------------------------------------------------------------------------------------
 
 describe('safetensors reader and writer', () => {
+  test('a 600 GB checkpoint opens at once: only headers are read (sparse file)', () => {
+    // Header for a 600 GB F8 tensor plus a small one after it; the file is sparse, so no disk is used.
+    const big = 600 * 2 ** 30;
+    const header = Buffer.from(JSON.stringify({
+      'model.layers.0.mlp.experts.0.up_proj.weight': { dtype: 'F8_E4M3', shape: [big / 2 ** 15, 2 ** 15], data_offsets: [0, big] },
+      'model.norm.weight': { dtype: 'F32', shape: [4], data_offsets: [big, big + 16] },
+    }).padEnd(256, ' '));
+    const path = tmpPath('huge.safetensors');
+    const len = Buffer.alloc(8);
+    len.writeBigUInt64LE(BigInt(header.length));
+    writeFileSync(path, Buffer.concat([len, header]));
+    const fd = openSync(path, 'r+');
+    try {
+      // The last 16 bytes hold the small tensor's values.
+      const tail = Buffer.from(new Float32Array([1, 2, 3, 4]).buffer);
+      ftruncateSync(fd, 8 + header.length + big);
+      writeSync(fd, tail, 0, 16, 8 + header.length + big);
+    } finally {
+      closeSync(fd);
+    }
+    const rssBefore = process.memoryUsage().rss;
+    const f = openSafetensors(path);
+    try {
+      assert.equal(f.info('model.layers.0.mlp.experts.0.up_proj.weight').byteLength, big);
+      assert.deepEqual([...toFloat32(f.info('model.norm.weight'), f.read('model.norm.weight'))], [1, 2, 3, 4]);
+      assert.ok(process.memoryUsage().rss - rssBefore < 64 * 2 ** 20, 'opening read no tensor data');
+    } finally {
+      f.close();
+      rmSync(path);
+    }
+  });
+
   test('lazy reads return the exact bytes, aligned, and survive a write/read round trip', () => {
     const src = openSafetensors(join(V3_FP8, 'model.safetensors'));
     const out = tmpPath('roundtrip.safetensors');
