@@ -18,8 +18,6 @@ export interface RequestOptions {
   logprobs?: number;
   /** Count which experts each MoE layer routes this request's generated tokens to. */
   collectRouting?: boolean;
-  /** Keep special tokens (tool-call and think markers) in the streamed text. */
-  keepSpecialTokens?: boolean;
   /** Aborting cancels the request at the next step boundary and frees its cache blocks. */
   signal?: AbortSignal;
 }

@@ -92,7 +92,7 @@ class Sequence {
   constructor(readonly id: number, readonly req: RequestOptions, sampling: SamplingParams, vocab: number, tok: ShoalTokenizer, eos: number[]) {
     this.tokens = [...req.prompt];
     this.sampler = new Sampler(sampling, vocab, req.prompt);
-    this.detok = tok.streamDecoder({ contextIds: req.prompt, skipSpecialTokens: !req.keepSpecialTokens });
+    this.detok = tok.streamDecoder({ contextIds: req.prompt, skipSpecialTokens: true });
     this.stops = new StopStringMatcher(req.stop ?? []);
     this.stopIds = new Set([...(req.ignoreEos ? [] : eos), ...(req.stopTokenIds ?? [])]);
   }
