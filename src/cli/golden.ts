@@ -8,7 +8,7 @@ export function registerGolden(program: Command): void {
     .command('golden')
     .description('check prefill, decode and MTP logits against golden.safetensors')
     .argument('<fixture-dir>', 'folder with a checkpoint, golden.json and golden.safetensors')
-    .option('--device <name>', 'cpu | auto', 'auto')
+    .option('--device <name>', 'cpu | webgpu | auto (a hardware GPU if one is found, else cpu)', 'auto')
     .action(async (dir: string, o: { device: string }) => {
       const backend = await createBackend(o.device);
       const report = await runGolden(dir, backend);

@@ -11,6 +11,8 @@ import { registerTokenize } from './tokenize.js';
 import { registerGolden } from './golden.js';
 import { registerPlan } from './plan.js';
 import { registerServe } from './serve.js';
+import { registerChat } from './chat.js';
+import { registerDevices } from './devices.js';
 
 export function buildProgram(): Command {
   const program = new Command('shoal')
@@ -19,10 +21,12 @@ export function buildProgram(): Command {
     .showHelpAfterError('(run with --help for usage)')
     .exitOverride();
   registerRun(program);
+  registerChat(program);
   registerServe(program);
   registerInspect(program);
   registerTokenize(program);
   registerGolden(program);
+  registerDevices(program);
   registerPlan(program);
   for (const c of program.commands) c.exitOverride();
   return program;

@@ -63,7 +63,7 @@ export function registerRun(program: Command): void {
     .option('--stop <text>', 'stop string (repeatable)', (v: string, acc: string[]) => [...acc, v], [] as string[])
     .option('--ignore-eos', 'keep generating past end-of-sequence')
     .option('--speculative <method>', 'speculative decoding with the checkpoint\'s MTP head: mtp')
-    .option('--device <name>', 'cpu | auto', 'auto')
+    .option('--device <name>', 'cpu | webgpu | auto (a hardware GPU if one is found, else cpu)', 'auto')
     .option('--max-context <n>', 'context length to size the KV cache for', intOption(2));
   addSamplingOptions(cmd).action(async (o: RunOptions) => {
     if (o.prompt === undefined && !o.chat) throw new UserError('give --prompt TEXT or --chat');

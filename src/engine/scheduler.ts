@@ -102,6 +102,13 @@ class Sequence {
   }
 }
 
+/** One MoE layer's expert ids for a step's rows (row-major, topK per row). */
+interface StepRouting {
+  layer: number;
+  ids: ArrayLike<number>;
+  topK: number;
+}
+
 export class Scheduler {
   readonly alloc: BlockAllocator;
   readonly cache: ModelCache;
@@ -360,7 +367,7 @@ export class Scheduler {
     const batch = { tokens, positions, seqIndex, blockTables };
     const routings: LayerRouting[] | undefined = parts.some((p) => p.s.req.collectRouting) ? [] : undefined;
     const hidden = await this.model.forward(batch, this.cache, routings);
-    if (routings) await this.countExperts(parts, routings);
+    const routed = routings ? await this.readRoutings(routings) : undefined;
     const lastBackend = this.model.placement.backendFor(this.model.cfg.numHiddenLayers - 1);
     const V = this.model.cfg.vocabSize;
     const logits = sampleRows.length ? await lastBackend.read(this.model.logits(hidden, Int32Array.from(sampleRows))) : new Float32Array(0);
@@ -379,6 +386,7 @@ export class Scheduler {
       li += rows.length;
       let token = s.sampler.sample(rowLogits(0));
       let used = rowLogits(0);
+      let from = rows[0]; // the batch row whose logits chose `token`
       if (rows.length === 2) {
         // Verify the draft: accepted exactly when it is the token the main model samples, so
         // outputs follow the main model's distribution (and greedy output is unchanged).
@@ -389,14 +397,17 @@ export class Scheduler {
           this.counters.acceptedTokens++;
           s.tokens.push(token);
           s.computed++; // the draft's latent is already in the cache
+          this.countExperts(s, routed, from);
           if (this.emitToken(s, token, used)) continue;
           used = rowLogits(1);
+          from = rows[1];
           token = s.sampler.sample(used);
         }
         // A rejected draft's cache slot is overwritten when the right token is computed.
       }
       s.draft = null;
       s.tokens.push(token);
+      this.countExperts(s, routed, from);
       this.emitToken(s, token, used);
     }
 
@@ -449,27 +460,27 @@ export class Scheduler {
     drafting.forEach((d, j) => { d.s.draft = best[j]; });
   }
 
-  /** Adds this step's expert choices for generated-token rows to the sequences that asked. */
-  private async countExperts(parts: { s: Sequence; start: number; count: number }[], routings: LayerRouting[]): Promise<void> {
+  /** Every MoE layer's expert choices for this step's rows (when some sequence collects routing). */
+  private async readRoutings(routings: LayerRouting[]): Promise<StepRouting[]> {
+    const out: StepRouting[] = [];
+    for (const { layer, backend, routing } of routings) out.push({ layer, ids: (await backend.readRouting(routing)).ids, topK: routing.topK });
+    return out;
+  }
+
+  /**
+   * Counts the experts that batch row `row` chose in each MoE layer, for the token its logits
+   * produced: one row per generated token (the prompt's last row makes the first), so each
+   * layer's counts sum to generated tokens x K. Recomputed rows after a preemption and
+   * rejected drafts produce no token and are not counted.
+   */
+  private countExperts(s: Sequence, routed: StepRouting[] | undefined, row: number): void {
+    if (!routed || !s.req.collectRouting) return;
     const E = this.model.cfg.nRoutedExperts;
-    for (const { layer, backend, routing } of routings) {
-      const { ids } = await backend.readRouting(routing);
-      const K = routing.topK;
-      let row = 0;
-      for (const p of parts) {
-        const s = p.s;
-        if (s.req.collectRouting) {
-          s.routing ??= { layers: [], counts: [] };
-          let li = s.routing.layers.indexOf(layer);
-          if (li < 0) { li = s.routing.layers.push(layer) - 1; s.routing.counts.push(new Array(E).fill(0)); }
-          // Rows at or past the prompt are the reply (a verified draft row included).
-          for (let k = 0; k < p.count; k++) {
-            if (p.start + k < s.promptLength) continue;
-            for (let j = 0; j < K; j++) s.routing.counts[li][ids[(row + k) * K + j]]++;
-          }
-        }
-        row += p.count;
-      }
+    s.routing ??= { layers: [], counts: [] };
+    for (const { layer, ids, topK: K } of routed) {
+      let li = s.routing.layers.indexOf(layer);
+      if (li < 0) { li = s.routing.layers.push(layer) - 1; s.routing.counts.push(new Array(E).fill(0)); }
+      for (let j = 0; j < K; j++) s.routing.counts[li][ids[row * K + j]]++;
     }
   }
 

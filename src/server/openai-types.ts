@@ -130,6 +130,14 @@ const common = {
   stop_token_ids: z.array(int().min(0)).nullish(),
 };
 
+/**
+ * `"shoal": {...}` on a chat request. `routing: true` returns, with the final response (or the
+ * last stream chunk), `shoal_routing`: per MoE layer how many generated tokens chose each expert.
+ */
+export const ShoalExtensionSchema = z.strictObject({
+  routing: z.boolean().nullish(),
+});
+
 export const ChatCompletionRequestSchema = z.object({
   ...common,
   messages: z.array(ChatMessageSchema).min(1, { error: 'at least one message is required' }),
@@ -142,6 +150,8 @@ export const ChatCompletionRequestSchema = z.object({
   response_format: z.looseObject({ type: z.string() }).nullish(),
   /** Extra chat-template variables (e.g. DeepSeek V3.1's `thinking`). */
   chat_template_kwargs: z.record(z.string(), z.unknown()).nullish(),
+  /** shoal extensions; unknown keys inside are an error so a typo does not pass silently. */
+  shoal: ShoalExtensionSchema.nullish(),
 });
 export type ChatCompletionRequest = z.infer<typeof ChatCompletionRequestSchema>;
 
@@ -160,6 +170,12 @@ export type CompletionRequest = z.infer<typeof CompletionRequestSchema>;
 
 // ---------------------------------------------------------------------------
 // Response shapes
+
+/** `shoal_routing` (the shoal.routing extension): counts[i][e] = generated tokens routed to expert e in layers[i]. */
+export interface ShoalRouting {
+  layers: number[];
+  counts: number[][];
+}
 
 export type FinishReasonOut = 'stop' | 'length' | 'tool_calls' | 'abort';
 
@@ -214,6 +230,7 @@ export interface ChatCompletion {
     finish_reason: FinishReasonOut;
   }[];
   usage: Usage;
+  shoal_routing?: ShoalRouting;
 }
 
 export interface ChatDelta {
@@ -231,6 +248,7 @@ export interface ChatCompletionChunk {
   system_fingerprint: string;
   choices: { index: number; delta: ChatDelta; logprobs: ChatLogprobs | null; finish_reason: FinishReasonOut | null }[];
   usage?: Usage | null;
+  shoal_routing?: ShoalRouting;
 }
 
 export interface Completion {

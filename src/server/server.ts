@@ -7,12 +7,17 @@
  *   GET  /v1/models[/ID]       the served model
  *   POST /v1/chat/completions  chat, streamed (SSE) or not; tools; DeepSeek reasoning split
  *   POST /v1/completions       raw prompt (text or token ids)
+ *   GET  /api/stats            scheduler figures and model shape as JSON (the playground's panel)
+ *   GET  /api/plan             the planner's catalog (models, chips, precisions, defaults)
+ *   POST /api/plan             `shoal plan` in-process: best configurations and the SVG plot
+ *   GET  /, /app.js, ...       the web playground (static.ts; built into dist/web)
  *
  * Every failure answers an OpenAI-style error object `{"error": {message, type, param, code}}`.
  * Requests run on the continuous-batching Scheduler; a client that goes away aborts its
  * request (the scheduler frees its cache blocks at the next step).
  */
 import { createServer, type IncomingMessage, type Server, type ServerResponse } from 'node:http';
+import { z } from 'zod';
 import type { AddressInfo } from 'node:net';
 import { randomBytes, timingSafeEqual } from 'node:crypto';
 import { basename, resolve } from 'node:path';
@@ -28,10 +33,15 @@ import type { ShoalTokenizer } from '../tokenizer/tokenizer.js';
 import { isUserError } from '../errors.js';
 import { OutputParser, buildChatPrompt, newToolCallId, parseOutput, type OutputDelta } from './chat.js';
 import { ServerMetrics } from './metrics.js';
+import { DEFAULT_WEB_ROOT, playgroundBuilt, serveStatic } from './static.js';
+import { CHIPS, getChip, supportedPrecisions, type Precision } from '../planner/hardware.js';
+import { analyzeModel, describeModel, MODEL_CATALOG, resolveModel } from '../planner/models.js';
+import { renderPlot } from '../planner/plot.js';
+import { searchPlans, type Candidate } from '../planner/search.js';
 import {
   ChatCompletionRequestSchema, CompletionRequestSchema, HttpError, zodError,
   type ChatCompletion, type ChatCompletionChunk, type ChatDelta, type ChatLogprobEntry, type ChatLogprobs,
-  type Completion, type CompletionLogprobs, type FinishReasonOut, type ToolCallOut, type Usage,
+  type Completion, type CompletionLogprobs, type FinishReasonOut, type ShoalRouting, type ToolCallOut, type Usage,
 } from './openai-types.js';
 
 export const DEFAULT_MAX_BODY_BYTES = 10 * 1024 * 1024;
@@ -74,6 +84,8 @@ export interface ServerOptions {
   createScheduler?: (loaded: LoadedModel, opts: SchedulerOptions) => ServingScheduler;
   /** Resolve startServer() once listening, without waiting for the model (see `ready`). Default false. */
   noWait?: boolean;
+  /** Folder of the web playground's files (default dist/web); null turns the playground off. */
+  webRoot?: string | null;
 }
 
 export interface RunningServer {
@@ -232,6 +244,131 @@ function usageOf(u: { promptTokens: number; completionTokens: number; cachedToke
 type DoneEvent = Extract<RequestEvent, { type: 'done' }>;
 
 // ---------------------------------------------------------------------------
+// /api/plan: `shoal plan` for the playground
+
+const PRECISIONS = ['bf16', 'fp8', 'int8', 'fp4'] as const;
+const PLAN_DEFAULTS = { prompt_tokens: 4096, output_tokens: 512, slo_tpot_ms: 50, cache_hit_rate: 0, top: 8 };
+
+const positive = () => z.number().positive({ error: 'must be greater than 0' });
+const PlanRequestSchema = z.object({
+  model: z.string().min(1, { error: 'pick a model (GET /api/plan lists them)' }),
+  hardware: z.string().min(1, { error: 'pick a chip (GET /api/plan lists them)' }),
+  precision: z.enum(PRECISIONS, { error: `must be one of ${PRECISIONS.join(', ')}` }).nullish(),
+  chips: z.number().int().min(1).max(100000).nullish(),
+  prompt_tokens: z.number().int().min(1).nullish(),
+  output_tokens: z.number().int().min(1).nullish(),
+  slo_tpot_ms: positive().nullish(),
+  slo_ttft_ms: positive().nullish(),
+  price_per_hour: positive().nullish(),
+  cache_hit_rate: z.number().min(0).max(0.99).nullish(),
+  mtp_acceptance: z.number().min(0).max(1).nullish(),
+  top: z.number().int().min(1).max(100).nullish(),
+});
+
+let catalog: object | undefined;
+
+/** GET /api/plan: what the plan form offers (built once; `local` is listed without probing this machine). */
+function planCatalog(): object {
+  catalog ??= {
+    object: 'shoal.plan_catalog',
+    models: MODEL_CATALOG.map((m) => {
+      const an = analyzeModel(resolveModel(m.name));
+      return { name: m.name, hf_id: m.hfId, summary: describeModel(an), mtp: an.spec.mtpLayers > 0, max_context: an.spec.maxContext };
+    }),
+    hardware: [
+      ...CHIPS.map((c) => ({ name: c.name, vendor: c.vendor, description: c.description, precisions: supportedPrecisions(c) })),
+      { name: 'local', vendor: 'this machine', description: 'the machine running this server (memory bandwidth measured on first use)', precisions: ['int8', 'bf16'] },
+    ],
+    precisions: PRECISIONS,
+    defaults: PLAN_DEFAULTS,
+  };
+  return catalog;
+}
+
+function candidateRow(c: Candidate) {
+  return {
+    chips: c.chips,
+    mode: c.mode,
+    parallelism: c.parallelismText,
+    prefill_tokens_per_s_per_chip: c.prefillTokensPerSecPerChip,
+    decode_tokens_per_s_per_chip: c.decodeTokensPerSecPerChip,
+    tpot_ms: c.tpotMs,
+    ttft_ms: c.ttftMs,
+    users_served: c.users,
+    requests_per_s: c.requestsPerSec,
+    usd_per_million_input_tokens: c.usdPerMillionInput,
+    usd_per_million_output_tokens: c.usdPerMillionOutput,
+    usd_per_request: c.usdPerRequest,
+    joules_per_output_token: c.joulesPerOutputToken,
+  };
+}
+
+/** A planner UserError's flag (`--slo-tpot-ms`) as the request field (`slo_tpot_ms`). */
+function planParam(where: string | undefined): string | null {
+  return where?.startsWith('--') ? where.slice(2).replace(/-/g, '_') : null;
+}
+
+/** POST /api/plan: the planner's search in-process. Bad input is a 400 naming the field. */
+function runPlan(body: unknown) {
+  const parsed = PlanRequestSchema.safeParse(body);
+  if (!parsed.success) throw zodError(parsed.error);
+  const r = parsed.data;
+  // Catalog models only: the CLI's config.json paths would let a client probe the server's files.
+  const key = r.model.trim().toLowerCase();
+  if (!MODEL_CATALOG.some((m) => m.name === key || m.hfId.toLowerCase() === key || m.hfId.split('/')[1]!.toLowerCase() === key)) {
+    throw new HttpError(400, `unknown model "${r.model}" (known: ${MODEL_CATALOG.map((m) => m.name).join(', ')})`, 'model');
+  }
+  try {
+    const chip = getChip(r.hardware);
+    const model = analyzeModel(resolveModel(key));
+    const prompt = r.prompt_tokens ?? PLAN_DEFAULTS.prompt_tokens;
+    const output = r.output_tokens ?? PLAN_DEFAULTS.output_tokens;
+    if (prompt + output > model.spec.maxContext) {
+      throw new HttpError(400, `prompt_tokens + output_tokens (${prompt + output}) exceeds ${model.spec.name}'s context of ${model.spec.maxContext} tokens`, 'prompt_tokens');
+    }
+    if (r.mtp_acceptance != null && model.spec.mtpLayers < 1) {
+      throw new HttpError(400, `${model.spec.name} has no MTP module (num_nextn_predict_layers is 0)`, 'mtp_acceptance');
+    }
+    const res = searchPlans({
+      model,
+      chip,
+      precision: (r.precision ?? undefined) as Precision | undefined,
+      chips: r.chips ?? undefined,
+      promptTokens: prompt,
+      outputTokens: output,
+      sloTpotMs: r.slo_tpot_ms ?? PLAN_DEFAULTS.slo_tpot_ms,
+      sloTtftMs: r.slo_ttft_ms ?? undefined,
+      pricePerHour: r.price_per_hour ?? undefined,
+      cacheHitRate: r.cache_hit_rate ?? PLAN_DEFAULTS.cache_hit_rate,
+      mtp: r.mtp_acceptance ? { draftTokens: 1, acceptance: r.mtp_acceptance } : null,
+      top: r.top ?? PLAN_DEFAULTS.top,
+    });
+    return {
+      object: 'shoal.plan',
+      model: { name: model.spec.name, summary: describeModel(model), total_params: model.params.total, active_params: model.params.active },
+      hardware: { name: res.chip.name, description: res.chip.description, price_per_hour: res.chip.pricePerHour.value, power_w: res.chip.powerW.value },
+      precision: res.precision,
+      workload: {
+        prompt_tokens: prompt, output_tokens: output, slo_tpot_ms: res.request.sloTpotMs, slo_ttft_ms: r.slo_ttft_ms ?? null,
+        chips: res.request.chips ?? null, cache_hit_rate: res.scenario.cacheHitRate, mtp_acceptance: res.scenario.mtp?.acceptance ?? null,
+      },
+      ranked_by: res.request.chips ? 'requests_per_s' : 'usd_per_request',
+      best: candidateRow(res.best),
+      candidates: res.candidates.map(candidateRow),
+      svg: renderPlot(res),
+    };
+  } catch (e) {
+    if (isUserError(e)) {
+      const param = planParam(e.where);
+      // The CLI's message names the flag; name the request field instead.
+      const message = param && e.where ? `${param}: ${e.message.slice(e.where.length + 2)}` : e.message;
+      throw new HttpError(400, message, param);
+    }
+    throw e;
+  }
+}
+
+// ---------------------------------------------------------------------------
 // The server
 
 const ROUTES: Record<string, string[]> = {
@@ -240,6 +377,8 @@ const ROUTES: Record<string, string[]> = {
   '/v1/models': ['GET'],
   '/v1/chat/completions': ['POST'],
   '/v1/completions': ['POST'],
+  '/api/stats': ['GET'],
+  '/api/plan': ['GET', 'POST'],
 };
 
 class ShoalServer {
@@ -328,7 +467,12 @@ class ShoalServer {
     }
     const route = path.startsWith('/v1/models/') ? '/v1/models/:id' : path;
     const methods = route === '/v1/models/:id' ? ['GET'] : ROUTES[route];
-    res.on('finish', () => this.metrics.httpRequests.inc({ endpoint: methods ? route : 'other', status: String(res.statusCode) }));
+    const isStatic = !methods && (req.method === 'GET' || req.method === 'HEAD') && !/^\/(v1|api)(\/|$)/.test(path);
+    res.on('finish', () => this.metrics.httpRequests.inc({ endpoint: methods ? route : isStatic ? 'static' : 'other', status: String(res.statusCode) }));
+    if (isStatic) {
+      await this.staticFile(req, res);
+      return;
+    }
     if (!methods) throw new HttpError(404, `no route ${req.method} ${path}`, null, 'not_found');
     if (!methods.includes(req.method ?? '')) {
       throw new HttpError(405, `${req.method} is not allowed on ${path} (use ${methods.join(' or ')})`, null, 'method_not_allowed', 'invalid_request_error', { Allow: methods.join(', ') });
@@ -342,6 +486,16 @@ class ShoalServer {
       const text = await this.metrics.render();
       res.writeHead(200, { 'Content-Type': this.metrics.contentType });
       res.end(text);
+      return;
+    }
+    // The playground's API: no key needed (as /metrics), nothing here reaches the model.
+    if (route === '/api/stats') {
+      sendJson(res, 200, this.statsJson(), { 'Cache-Control': 'no-store' });
+      return;
+    }
+    if (route === '/api/plan') {
+      if (req.method === 'GET') sendJson(res, 200, planCatalog(), { 'Cache-Control': 'no-store' });
+      else sendJson(res, 200, runPlan(parseJsonBody(await readBody(req, this.maxBody))), { 'Cache-Control': 'no-store' });
       return;
     }
     // /v1/*
@@ -375,6 +529,60 @@ class ShoalServer {
     if (!m || given.length !== want.length || !timingSafeEqual(given, want)) {
       throw new HttpError(401, m ? 'incorrect API key' : 'missing API key: send Authorization: Bearer KEY', null, 'invalid_api_key', 'invalid_request_error', { 'WWW-Authenticate': 'Bearer' });
     }
+  }
+
+  /** A playground file (GET/HEAD of any path outside /v1 and /api). */
+  private async staticFile(req: IncomingMessage, res: ServerResponse): Promise<void> {
+    const root = this.opts.webRoot === undefined ? DEFAULT_WEB_ROOT : this.opts.webRoot;
+    // The path as sent (still percent-encoded): static.ts decodes it once and refuses `..`
+    // segments itself, rather than relying on URL normalization. Absolute-form targets
+    // (`GET http://host/x`) use their path.
+    const target = req.url ?? '/';
+    const pathname = target.startsWith('/') ? target.split(/[?#]/, 1)[0]! : new URL(target, 'http://localhost').pathname;
+    if (root === null) throw new HttpError(404, `no route ${req.method} ${pathname} (the playground is off)`, null, 'not_found');
+    const result = await serveStatic(req, res, pathname, root);
+    if (result === 'served') return;
+    if (result === 'bad-path') throw new HttpError(400, `refusing the path ${JSON.stringify(pathname)}: it leaves the playground's folder or is malformed`, null, 'invalid_path');
+    if ((pathname === '/' || pathname === '/index.html') && !playgroundBuilt(root)) {
+      throw new HttpError(404, `the web playground is not built (no ${root}index.html): run \`npm run build\``, null, 'not_found');
+    }
+    throw new HttpError(404, `no route ${req.method} ${pathname}`, null, 'not_found');
+  }
+
+  /** GET /api/stats: the scheduler's figures (as scheduler.stats()), rates derived from them, and the model's shape. */
+  private statsJson() {
+    const stats = this.scheduler?.stats() ?? null;
+    const cfg = this.loaded?.model.cfg;
+    const ratio = (a: number, b: number) => (b > 0 ? a / b : null);
+    const moeLayers: number[] = [];
+    if (cfg && cfg.nRoutedExperts > 0) {
+      for (let i = 0; i < cfg.numHiddenLayers; i++) if (i >= cfg.firstKDenseReplace && i % cfg.moeLayerFreq === 0) moeLayers.push(i);
+    }
+    return {
+      object: 'shoal.stats',
+      status: this.closing ? 'shutting down' : this.scheduler ? 'ok' : 'loading',
+      model: {
+        name: this.modelName,
+        architecture: cfg?.architecture ?? null,
+        layers: cfg?.numHiddenLayers ?? null,
+        moe_layers: cfg ? moeLayers : null,
+        experts: cfg?.nRoutedExperts ?? null,
+        experts_per_token: cfg?.numExpertsPerTok ?? null,
+        shared_experts: cfg?.nSharedExperts ?? null,
+        hidden_size: cfg?.hiddenSize ?? null,
+        vocab_size: cfg?.vocabSize ?? null,
+        mtp_layers: cfg?.numNextnPredictLayers ?? null,
+        max_context: this.scheduler?.maxContext ?? null,
+        speculative: this.opts.speculative ?? null,
+        backend: this.loaded?.backend.info.name ?? null,
+      },
+      scheduler: stats,
+      rates: {
+        kv_cache_usage: stats ? ratio(stats.kvBlocksUsed, stats.kvBlocksTotal) : null,
+        prefix_cache_hit_rate: stats ? ratio(stats.prefixHitTokens, stats.prefixQueryTokens) : null,
+        spec_acceptance_rate: stats ? ratio(stats.acceptedTokens, stats.draftTokens) : null,
+      },
+    };
   }
 
   private modelCard() {
@@ -534,7 +742,10 @@ class ShoalServer {
       stopTokenIds: r.stop_token_ids ?? undefined,
       ignoreEos: r.ignore_eos ?? undefined,
       logprobs: r.logprobs ? (r.top_logprobs ?? 0) : undefined,
+      collectRouting: r.shoal?.routing ? true : undefined,
     });
+    const wantRouting = Boolean(r.shoal?.routing);
+    const routingOf = (done: DoneEvent): ShoalRouting => done.routing ?? { layers: [], counts: [] };
     const id = `chatcmpl-${randomBytes(12).toString('hex')}`;
     const created = nowSeconds();
     const parserOpts = { reasoningOpen: prompt.reasoningOpen, parseTools: prompt.parseTools, prefix: prompt.forcedPrefix };
@@ -565,6 +776,7 @@ class ShoalServer {
         choices: [{ index: 0, message, logprobs: wantLogprobs ? { content: lps, refusal: null } : null, finish_reason: this.finishReason(done, toolCalls.length) }],
         usage: usageOf(done.usage),
       };
+      if (wantRouting) resp.shoal_routing = routingOf(done);
       sendJson(res, 200, resp);
       return;
     }
@@ -609,8 +821,10 @@ class ShoalServer {
         const a = parser.push(ev.text);
         const b = parser.finish();
         emit({ reasoning: a.reasoning + b.reasoning, content: a.content + b.content, toolCalls: [...a.toolCalls, ...b.toolCalls] });
-        send(chunk({}, takeLogprobs(), this.finishReason(ev, toolIndex)));
-        if (includeUsage) send({ id, object: 'chat.completion.chunk', created, model: this.modelName, system_fingerprint: SYSTEM_FINGERPRINT, choices: [], usage: usageOf(ev.usage) });
+        // shoal_routing rides on the last chunk: the usage chunk when there is one, else the finish chunk.
+        const routing = wantRouting ? { shoal_routing: routingOf(ev) } : {};
+        send({ ...chunk({}, takeLogprobs(), this.finishReason(ev, toolIndex)), ...(includeUsage ? {} : routing) });
+        if (includeUsage) send({ id, object: 'chat.completion.chunk', created, model: this.modelName, system_fingerprint: SYSTEM_FINGERPRINT, choices: [], usage: usageOf(ev.usage), ...routing });
       }
     } catch (e) {
       ac.abort();
