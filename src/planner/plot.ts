@@ -105,7 +105,7 @@ export function renderPlot(res: SearchResult): string {
   const R = { x: 570, y: 50, w: 390, h: 320 };
   const cands = res.candidates.slice(0, 6);
   const vMax = Math.max(...cands.flatMap((c) => [c.usdPerMillionInput, c.usdPerMillionOutput]), 1e-9);
-  const vt = niceTicks(vMax);
+  const vt = niceTicks(vMax * 1.12); // headroom for the value labels above the bars
   const by = (v: number) => +(R.y + R.h - (v / vt[vt.length - 1]) * R.h).toFixed(1);
   out.push(`<text x="${R.x + R.w / 2}" y="${R.y - 8}" text-anchor="middle" font-weight="bold">Cost per million tokens (USD)</text>`);
   for (const t of vt) {
@@ -123,7 +123,8 @@ export function renderPlot(res: SearchResult): string {
       out.push(`<rect x="${x.toFixed(1)}" y="${by(v).toFixed(1)}" width="${bw.toFixed(1)}" height="${(R.y + R.h - by(v)).toFixed(1)}" fill="${col}"><title>${esc(c.parallelismText)}: $${v.toFixed(3)}/M</title></rect>`);
       out.push(`<text x="${(x + bw / 2).toFixed(1)}" y="${(by(v) - 3).toFixed(1)}" text-anchor="middle" font-size="10">${v.toFixed(2)}</text>`);
     });
-    out.push(`<text x="${cx}" y="${R.y + R.h + 16}" text-anchor="middle">#${i + 1}: ${c.chips} chips</text>`);
+    // Two short lines so six or more bars never overlap their labels.
+    out.push(`<text x="${cx}" y="${R.y + R.h + 16}" text-anchor="middle">#${i + 1}<tspan x="${cx}" dy="13">${c.chips} chips</tspan></text>`);
   });
   out.push(`<rect x="${R.x}" y="${R.y + R.h + 40}" width="12" height="12" fill="#7fa7d6"/><text x="${R.x + 18}" y="${R.y + R.h + 50}">input (prefill)</text>`);
   out.push(`<rect x="${R.x + 130}" y="${R.y + R.h + 40}" width="12" height="12" fill="#d67f7f"/><text x="${R.x + 148}" y="${R.y + R.h + 50}">output (decode)</text>`);
