@@ -2,6 +2,7 @@
  * Shared test helpers: where the repository and the golden fixtures are.
  * Works both from the compiled dist/test/*.js and from test/*.ts run directly.
  */
+import assert from 'node:assert/strict';
 import { existsSync, readdirSync } from 'node:fs';
 import { dirname, join, resolve } from 'node:path';
 import { fileURLToPath } from 'node:url';
@@ -44,4 +45,15 @@ export function listFixtures(): string[] {
 /** Path of one named fixture folder, e.g. fixture('deepseek-v3-tiny'). */
 export function fixture(name: string): string {
   return join(fixturesDir(), name);
+}
+
+/** Asserts a golden report compared prefill and decode, within 1e-3, with every argmax agreeing. */
+export function assertGoldenPass(report: { comparisons: { name: string; rows: number; maxAbsDiff: number; argmaxAgree: number }[]; pass: boolean }): void {
+  const names = report.comparisons.map((c) => c.name);
+  assert.ok(names.includes('prefill') && names.includes('decode'), `compared ${names}`);
+  for (const c of report.comparisons) {
+    assert.ok(c.maxAbsDiff <= 1e-3, `${c.name}: max |diff| ${c.maxAbsDiff}`);
+    assert.equal(c.argmaxAgree, c.rows, `${c.name}: argmax agreement ${c.argmaxAgree}/${c.rows}`);
+  }
+  assert.ok(report.pass);
 }

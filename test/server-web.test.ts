@@ -195,7 +195,7 @@ describe('server: playground files and API (demo model)', () => {
       assert.ok(c.chips >= 1);
       assert.ok(c.tpot_ms <= 50 + 1e-9, `TPOT ${c.tpot_ms}`);
       assert.ok(c.usd_per_million_output_tokens > 0);
-      assert.equal(typeof c.parallelism, 'string');
+      assert.equal(typeof c.parallelism.summary, 'string');
     }
     assert.match(p.svg, /^<svg xmlns="http:\/\/www.w3.org\/2000\/svg"/);
     assert.match(p.svg, /<\/svg>\s*$/);

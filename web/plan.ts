@@ -12,7 +12,7 @@ interface Catalog {
 interface Row {
   chips: number;
   mode: string;
-  parallelism: string;
+  parallelism: { summary: string };
   prefill_tokens_per_s_per_chip: number;
   decode_tokens_per_s_per_chip: number;
   tpot_ms: number;
@@ -129,7 +129,7 @@ export class PlanView {
     const head = ['#', 'chips', 'parallelism', 'prefill tok/s/chip', 'decode tok/s/chip', 'TPOT ms', 'TTFT ms', 'users', '$/M in', '$/M out', 'J/tok out'];
     const rows = r.candidates.map((c, i) =>
       h('tr', { class: i === 0 ? 'best' : false },
-        h('td', {}, i + 1), h('td', {}, c.chips.toLocaleString('en-US')), h('td', { class: 'text' }, c.parallelism),
+        h('td', {}, i + 1), h('td', {}, c.chips.toLocaleString('en-US')), h('td', { class: 'text' }, c.parallelism.summary),
         h('td', {}, fmt(c.prefill_tokens_per_s_per_chip, 0)), h('td', {}, fmt(c.decode_tokens_per_s_per_chip, 0)),
         h('td', {}, fmt(c.tpot_ms)), h('td', {}, fmt(c.ttft_ms, 0)), h('td', {}, fmt(c.users_served, 0)),
         h('td', {}, money(c.usd_per_million_input_tokens)), h('td', {}, money(c.usd_per_million_output_tokens)),

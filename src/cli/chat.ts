@@ -12,11 +12,9 @@
  */
 import type { Command } from 'commander';
 import { createInterface } from 'node:readline';
-import { UserError } from '../errors.js';
 import type { Engine, GenerateOptions } from '../engine/engine.js';
 import type { ChatMessage } from '../tokenizer/tokenizer.js';
-import { intOption, loadEngine } from './common.js';
-import { addSamplingOptions, chatTurn, samplingFromOptions } from './run.js';
+import { addGenerationOptions, addSamplingOptions, chatTurn, loadGenerationEngine, samplingFromOptions } from './run.js';
 
 interface ChatOptions {
   model: string;
@@ -43,18 +41,10 @@ export function registerChat(program: Command): void {
   const cmd = program
     .command('chat')
     .description('chat with a model in the terminal (history, streaming; /reset, /system TEXT, /quit)')
-    .requiredOption('--model <dir>', 'Hugging Face model folder (config.json, safetensors, tokenizer)')
-    .option('--system <text>', 'system prompt')
-    .option('--max-tokens <n>', 'most tokens per reply', intOption(1), 512)
-    .option('--stop <text>', 'stop string (repeatable)', (v: string, acc: string[]) => [...acc, v], [] as string[])
-    .option('--ignore-eos', 'keep generating past end-of-sequence (up to --max-tokens)')
-    .option('--speculative <method>', 'speculative decoding with the checkpoint\'s MTP head: mtp')
-    .option('--device <name>', 'cpu | webgpu | auto (a hardware GPU if one is found, else cpu)', 'auto')
-    .option('--max-context <n>', 'context length to size the KV cache for', intOption(2));
-  addSamplingOptions(cmd).action(async (o: ChatOptions) => {
+    .option('--system <text>', 'system prompt');
+  addSamplingOptions(addGenerationOptions(cmd, 512)).action(async (o: ChatOptions) => {
     const sampling = samplingFromOptions(o);
-    if (o.speculative !== undefined && o.speculative !== 'mtp') throw new UserError(`unknown method "${o.speculative}" (supported: mtp)`, '--speculative');
-    const engine = await loadEngine(o.model, o.device, { maxContext: o.maxContext, speculative: o.speculative ?? null });
+    const engine = await loadGenerationEngine(o);
     try {
       await chatSession(engine, { system: o.system ?? '', gen: { sampling, maxTokens: o.maxTokens, stop: o.stop, ignoreEos: o.ignoreEos } });
     } finally {

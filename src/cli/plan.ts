@@ -11,7 +11,7 @@ import {
   CALIBRATION_DEPLOYMENT, DEFAULT_EFFICIENCY, EXTRA_MEASUREMENTS, MEASUREMENTS, validate, type Validation,
 } from '../planner/perf.js';
 import { renderPlot } from '../planner/plot.js';
-import { searchPlans, type Candidate, type SearchResult } from '../planner/search.js';
+import { candidateJson, searchPlans, type SearchResult } from '../planner/search.js';
 
 interface PlanOptions {
   model?: string;
@@ -57,38 +57,6 @@ function table(head: string[], rows: string[][], right: boolean[]): string {
   return [line(head), line(w.map((n) => '-'.repeat(n))), ...rows.map(line)].join('\n');
 }
 
-function candidateJson(c: Candidate) {
-  const phase = (p: Candidate['prefill'] | Candidate['decode']) => ({
-    chips_per_instance: p.chipsPerInstance,
-    instances: p.instances,
-    tp: p.plan.tp,
-    ep: p.plan.ep,
-    pp: p.plan.pp,
-    dp_attention: p.plan.ep / p.plan.tp,
-    text: p.text,
-  });
-  return {
-    chips: c.chips,
-    mode: c.mode,
-    parallelism: {
-      mode: c.mode,
-      summary: c.parallelismText,
-      prefill: phase(c.prefill),
-      decode: { ...phase(c.decode), batch_per_dp_group: c.decode.result.batchPerGroup },
-    },
-    prefill_tokens_per_s_per_chip: c.prefillTokensPerSecPerChip,
-    decode_tokens_per_s_per_chip: c.decodeTokensPerSecPerChip,
-    tpot_ms: c.tpotMs,
-    ttft_ms: c.ttftMs,
-    users_served: c.users,
-    requests_per_s: c.requestsPerSec,
-    usd_per_million_input_tokens: c.usdPerMillionInput,
-    usd_per_million_output_tokens: c.usdPerMillionOutput,
-    usd_per_request: c.usdPerRequest,
-    joules_per_input_token: c.joulesPerInputToken,
-    joules_per_output_token: c.joulesPerOutputToken,
-  };
-}
 
 function chipRow(c: ChipSpec): string[] {
   const t = (p: Precision) => (c.tflops[p] ? fig(c.tflops[p]!.value) : '-');

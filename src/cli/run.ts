@@ -28,6 +28,24 @@ interface RunOptions {
   speculative?: 'mtp';
 }
 
+/** Flags shared by the generating commands (run, chat): model, limits, stops, speculation, device. */
+export function addGenerationOptions(cmd: Command, defaultMaxTokens: number): Command {
+  return cmd
+    .requiredOption('--model <dir>', 'Hugging Face model folder (config.json, safetensors, tokenizer)')
+    .option('--max-tokens <n>', 'most tokens to generate (per reply)', intOption(1), defaultMaxTokens)
+    .option('--stop <text>', 'stop string (repeatable)', (v: string, acc: string[]) => [...acc, v], [] as string[])
+    .option('--ignore-eos', 'keep generating past end-of-sequence (up to --max-tokens)')
+    .option('--speculative <method>', 'speculative decoding with the checkpoint\'s MTP head: mtp')
+    .option('--device <name>', 'cpu | webgpu | auto (a hardware GPU if one is found, else cpu)', 'auto')
+    .option('--max-context <n>', 'context length to size the KV cache for', intOption(2));
+}
+
+/** Loads the engine for run/chat after checking --speculative. */
+export function loadGenerationEngine(o: { model: string; device: string; maxContext?: number; speculative?: string }): Promise<Engine> {
+  if (o.speculative !== undefined && o.speculative !== 'mtp') throw new UserError(`unknown method "${o.speculative}" (supported: mtp)`, '--speculative');
+  return loadEngine(o.model, o.device, { maxContext: o.maxContext, speculative: o.speculative === 'mtp' ? 'mtp' : null });
+}
+
 /** Adds the sampling flags shared by run, chat and bench. */
 export function addSamplingOptions(cmd: Command): Command {
   return cmd
@@ -55,21 +73,13 @@ export function registerRun(program: Command): void {
   const cmd = program
     .command('run')
     .description('generate text from a prompt, or chat, and print speed figures')
-    .requiredOption('--model <dir>', 'Hugging Face model folder (config.json, safetensors, tokenizer)')
     .option('--prompt <text>', 'prompt text (with --chat: the first user message)')
     .option('--chat', 'use the chat template; without --prompt, read messages from stdin')
-    .option('--system <text>', 'system message for --chat')
-    .option('--max-tokens <n>', 'most tokens to generate', intOption(1), 256)
-    .option('--stop <text>', 'stop string (repeatable)', (v: string, acc: string[]) => [...acc, v], [] as string[])
-    .option('--ignore-eos', 'keep generating past end-of-sequence')
-    .option('--speculative <method>', 'speculative decoding with the checkpoint\'s MTP head: mtp')
-    .option('--device <name>', 'cpu | webgpu | auto (a hardware GPU if one is found, else cpu)', 'auto')
-    .option('--max-context <n>', 'context length to size the KV cache for', intOption(2));
-  addSamplingOptions(cmd).action(async (o: RunOptions) => {
+    .option('--system <text>', 'system message for --chat');
+  addSamplingOptions(addGenerationOptions(cmd, 256)).action(async (o: RunOptions) => {
     if (o.prompt === undefined && !o.chat) throw new UserError('give --prompt TEXT or --chat');
     const sampling = samplingFromOptions(o);
-    if (o.speculative !== undefined && o.speculative !== 'mtp') throw new UserError(`unknown method "${o.speculative}" (supported: mtp)`, '--speculative');
-    const engine = await loadEngine(o.model, o.device, { maxContext: o.maxContext, speculative: o.speculative ?? null });
+    const engine = await loadGenerationEngine(o);
     try {
       const gen: GenerateOptions = { sampling, maxTokens: o.maxTokens, stop: o.stop, ignoreEos: o.ignoreEos };
       if (!o.chat) {

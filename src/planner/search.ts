@@ -336,3 +336,37 @@ export function searchPlans(req: PlanRequest): SearchResult {
 function samePlan(a: Plan, b: Plan): boolean {
   return a.tp === b.tp && a.ep === b.ep && a.pp === b.pp;
 }
+
+/** A candidate as JSON (snake_case, the shape `shoal plan --json` prints and the server returns). */
+export function candidateJson(c: Candidate) {
+  const phase = (p: Candidate['prefill'] | Candidate['decode']) => ({
+    chips_per_instance: p.chipsPerInstance,
+    instances: p.instances,
+    tp: p.plan.tp,
+    ep: p.plan.ep,
+    pp: p.plan.pp,
+    dp_attention: p.plan.ep / p.plan.tp,
+    text: p.text,
+  });
+  return {
+    chips: c.chips,
+    mode: c.mode,
+    parallelism: {
+      mode: c.mode,
+      summary: c.parallelismText,
+      prefill: phase(c.prefill),
+      decode: { ...phase(c.decode), batch_per_dp_group: c.decode.result.batchPerGroup },
+    },
+    prefill_tokens_per_s_per_chip: c.prefillTokensPerSecPerChip,
+    decode_tokens_per_s_per_chip: c.decodeTokensPerSecPerChip,
+    tpot_ms: c.tpotMs,
+    ttft_ms: c.ttftMs,
+    users_served: c.users,
+    requests_per_s: c.requestsPerSec,
+    usd_per_million_input_tokens: c.usdPerMillionInput,
+    usd_per_million_output_tokens: c.usdPerMillionOutput,
+    usd_per_request: c.usdPerRequest,
+    joules_per_input_token: c.joulesPerInputToken,
+    joules_per_output_token: c.joulesPerOutputToken,
+  };
+}

@@ -21,14 +21,12 @@ import { z } from 'zod';
 import type { AddressInfo } from 'node:net';
 import { randomBytes, timingSafeEqual } from 'node:crypto';
 import { basename, resolve } from 'node:path';
-import type { Backend } from '../backends/backend.js';
 import { createBackend } from '../backends/index.js';
 import { loadModel, type LoadedModel } from '../engine/engine.js';
 export type { LoadedModel } from '../engine/engine.js';
 import { validateSamplingParams, type SamplingParams, type TokenLogprob } from '../engine/sampling.js';
 import { Scheduler, type SchedulerOptions } from '../engine/scheduler.js';
 import { QueueFullError, type GeneratedToken, type RequestEvent, type RequestOptions, type SchedulerStats } from '../engine/scheduler-types.js';
-import type { DeepseekModel } from '../models/deepseek.js';
 import type { ShoalTokenizer } from '../tokenizer/tokenizer.js';
 import { isUserError } from '../errors.js';
 import { OutputParser, buildChatPrompt, newToolCallId, parseOutput, type OutputDelta } from './chat.js';
@@ -37,7 +35,7 @@ import { DEFAULT_WEB_ROOT, playgroundBuilt, serveStatic } from './static.js';
 import { CHIPS, getChip, supportedPrecisions, type Precision } from '../planner/hardware.js';
 import { analyzeModel, describeModel, MODEL_CATALOG, resolveModel } from '../planner/models.js';
 import { renderPlot } from '../planner/plot.js';
-import { searchPlans, type Candidate } from '../planner/search.js';
+import { candidateJson, searchPlans } from '../planner/search.js';
 import {
   ChatCompletionRequestSchema, CompletionRequestSchema, HttpError, zodError,
   type ChatCompletion, type ChatCompletionChunk, type ChatDelta, type ChatLogprobEntry, type ChatLogprobs,
@@ -285,23 +283,6 @@ function planCatalog(): object {
   return catalog;
 }
 
-function candidateRow(c: Candidate) {
-  return {
-    chips: c.chips,
-    mode: c.mode,
-    parallelism: c.parallelismText,
-    prefill_tokens_per_s_per_chip: c.prefillTokensPerSecPerChip,
-    decode_tokens_per_s_per_chip: c.decodeTokensPerSecPerChip,
-    tpot_ms: c.tpotMs,
-    ttft_ms: c.ttftMs,
-    users_served: c.users,
-    requests_per_s: c.requestsPerSec,
-    usd_per_million_input_tokens: c.usdPerMillionInput,
-    usd_per_million_output_tokens: c.usdPerMillionOutput,
-    usd_per_request: c.usdPerRequest,
-    joules_per_output_token: c.joulesPerOutputToken,
-  };
-}
 
 /** A planner UserError's flag (`--slo-tpot-ms`) as the request field (`slo_tpot_ms`). */
 function planParam(where: string | undefined): string | null {
@@ -353,8 +334,8 @@ function runPlan(body: unknown) {
         chips: res.request.chips ?? null, cache_hit_rate: res.scenario.cacheHitRate, mtp_acceptance: res.scenario.mtp?.acceptance ?? null,
       },
       ranked_by: res.request.chips ? 'requests_per_s' : 'usd_per_request',
-      best: candidateRow(res.best),
-      candidates: res.candidates.map(candidateRow),
+      best: candidateJson(res.best),
+      candidates: res.candidates.map(candidateJson),
       svg: renderPlot(res),
     };
   } catch (e) {
