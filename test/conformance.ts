@@ -15,7 +15,7 @@
  * Data movement (fromHost/read, sliceCols, concatCols, gatherRows, zero embedding rows)
  * and integer results (argmaxRows, routing ids) must be exact.
  */
-import { after, before, describe, it } from 'node:test';
+import { after, before, describe, it, type TestContext } from 'node:test';
 import assert from 'node:assert/strict';
 import type {
   AttentionBatch, Backend, DeviceWeight, ExpertWeights, HostWeight, MlaShape, RouterConfig,
@@ -82,11 +82,67 @@ export const FORMATS: FormatSpec[] = [
   { format: 'fp8_e4m3_block', block: [3, 5] },
 ];
 
+/** llama.cpp's block formats (GGUF): columns must be a multiple of the block length. */
+export const BLOCK_FORMATS: FormatSpec[] = [{ format: 'q8_0' }, { format: 'q4_0' }, { format: 'q4_k' }, { format: 'q6_k' }];
+
+/** Every format the suite knows; each runs only when the backend's supportsFormat says so. */
+export const ALL_FORMATS: FormatSpec[] = [...FORMATS, ...BLOCK_FORMATS];
+
+/** Values per block of a block format (1 for the element formats). */
+export function blockValues(format: WeightFormat): number {
+  return format === 'q8_0' || format === 'q4_0' ? 32 : format === 'q4_k' || format === 'q6_k' ? 256 : 1;
+}
+
 export function formatName(f: FormatSpec): string {
   return f.block ? `fp8[${f.block[0]}x${f.block[1]}]` : f.format;
 }
 
+/** Whether a backend takes weights in this format (backends written before supportsFormat: the first four). */
+export function backendSupports(b: Backend, format: WeightFormat): boolean {
+  if (typeof (b as Partial<Backend>).supportsFormat === 'function') return b.supportsFormat(format);
+  return format === 'f32' || format === 'f16' || format === 'bf16' || format === 'fp8_e4m3_block';
+}
+
 const cvt = new DataView(new ArrayBuffer(4));
+function putHalf(bytes: Uint8Array, off: number, v: number): void {
+  // Round to the nearest half by search over the exponent (tests only; values are well inside range).
+  const sign = v < 0 ? 0x8000 : 0;
+  const a = Math.abs(v);
+  let h = 0;
+  if (a >= Math.pow(2, -14)) {
+    const e = Math.min(30, Math.floor(Math.log2(a)) + 15);
+    h = (e << 10) | Math.min(1023, Math.round((a / Math.pow(2, e - 15) - 1) * 1024));
+  } else h = Math.round(a / Math.pow(2, -24));
+  bytes[off] = (sign | h) & 0xff;
+  bytes[off + 1] = (sign | h) >> 8;
+}
+
+/**
+ * Random blocks of a GGUF block format: every quant byte random (so all codes and sub-block
+ * scales occur), block scales chosen so values reach about `scale`, with random signs where
+ * the format allows them (ggml's q4_0 and q6_k scales are often negative).
+ */
+function randomBlocks(rng: Prng, format: WeightFormat, rows: number, cols: number, scale: number): Uint8Array {
+  const per = blockValues(format);
+  if (cols % per !== 0) throw new Error(`randomWeight: ${format} needs columns in multiples of ${per}, got ${cols}`);
+  const blockBytes = format === 'q8_0' ? 34 : format === 'q4_0' ? 18 : format === 'q4_k' ? 144 : 210;
+  const n = rows * (cols / per);
+  const out = new Uint8Array(n * blockBytes);
+  for (let i = 0; i < out.length; i++) out[i] = rng.int(256);
+  const sgn = () => (rng.next() < 0.5 ? -1 : 1);
+  for (let b = 0; b < n; b++) {
+    const p = b * blockBytes;
+    const u = rng.uniform(0.5, 1.5) * scale;
+    switch (format) {
+      case 'q8_0': putHalf(out, p, (sgn() * u) / 128); break;
+      case 'q4_0': putHalf(out, p, (sgn() * u) / 8); break;
+      case 'q4_k': putHalf(out, p, u / (63 * 15)); putHalf(out, p + 2, (rng.uniform(0, 1) * u) / (63 * 15)); break;
+      case 'q6_k': putHalf(out, p + 208, (sgn() * u) / (128 * 32)); break;
+    }
+  }
+  return out;
+}
+
 function bf16Truncate(x: number): number {
   cvt.setFloat32(0, x);
   return cvt.getUint32(0) >>> 16;
@@ -135,6 +191,11 @@ export function randomWeight(rng: Prng, spec: FormatSpec, rows: number, cols: nu
       for (let i = 0; i < scales.length; i++) scales[i] = (rng.uniform(0.5, 1.5) * scale) / 448;
       return { name, format: 'fp8_e4m3_block', rows, cols, data, scales, blockRows: br, blockCols: bc };
     }
+    case 'q8_0':
+    case 'q4_0':
+    case 'q4_k':
+    case 'q6_k':
+      return { name, format: spec.format, rows, cols, data: randomBlocks(rng, spec.format, rows, cols, scale) };
   }
 }
 
@@ -228,6 +289,15 @@ export function backendConformance(label: string, make: () => Backend | Promise<
     const up = (hw: HostWeight): DeviceWeight => b.uploadWeight(hw);
     const host = (m: Mat): Tensor => b.fromHost(Float32Array.from(m.data), m.rows, m.cols);
     const randMat = (rng: Prng, rows: number, cols: number, lo = -1, hi = 1): Mat => toMat(rows, cols, rng.floats(rows * cols, lo, hi));
+    /** A test body that runs only when the backend takes every given format (else the test is skipped, saying why). */
+    const whenSupported = (specs: FormatSpec[], body: () => Promise<void> | void) => async (t: TestContext): Promise<void> => {
+      const missing = specs.filter((f) => !backendSupports(b, f.format)).map((f) => f.format);
+      if (missing.length) {
+        t.skip(`backend does not support ${[...new Set(missing)].join(', ')}`);
+        return;
+      }
+      await body();
+    };
 
     async function expectClose(t: Tensor, expected: Mat, what: string, o: Partial<CloseOptions> = {}): Promise<void> {
       assert.deepEqual([t.rows, t.cols], [expected.rows, expected.cols], `${what}: shape`);
@@ -265,14 +335,19 @@ export function backendConformance(label: string, make: () => Backend | Promise<
         compareExact(await b.read(b.add(x, x)), [2, 4, 6, 8, 10, 12], 'op on the tensor after mutating a read', 3);
       });
 
+      it('supports f32 or bf16 (the formats every loader can fall back to)', () => {
+        assert.ok(backendSupports(b, 'f32') || backendSupports(b, 'bf16'), `${b.info.name} supports neither f32 nor bf16`);
+      });
+
       it('uploadWeight keeps name, format and shape; bytes cover the packed data', () => {
         const rng = rngFor('buffers.upload');
-        for (const f of FORMATS) {
-          const hw = randomWeight(rng, f, 9, 11, 1, `w.${formatName(f)}`);
+        for (const f of ALL_FORMATS) {
+          if (!backendSupports(b, f.format)) continue;
+          const hw = randomWeight(rng, f, 9, blockValues(f.format) > 1 ? 2 * blockValues(f.format) : 11, 1, `w.${formatName(f)}`);
           const dw = up(hw);
           assert.equal(dw.name, hw.name);
           assert.equal(dw.format, hw.format);
-          assert.deepEqual([dw.rows, dw.cols], [9, 11]);
+          assert.deepEqual([dw.rows, dw.cols], [9, hw.cols]);
           assert.ok(dw.bytes >= hw.data.byteLength, `${dw.name}: ${dw.bytes} bytes for ${hw.data.byteLength} packed`);
         }
       });
@@ -289,19 +364,22 @@ export function backendConformance(label: string, make: () => Backend | Promise<
     describe('matmul', () => {
       // [n, m, k]: x [n, k] times w [m, k]^T. Odd sizes, partial fp8 blocks, n = 1 (decode) and n > 1.
       const shapes: [number, number, number][] = [[1, 7, 5], [3, 130, 129], [17, 33, 257], [1, 300, 260], [5, 1, 300], [2, 257, 33]];
-      for (const f of FORMATS) {
-        for (const [n, m, k] of shapes) {
+      // Block formats: k a whole number of blocks (32 or 256 values).
+      const blockShapes = (per: number): [number, number, number][] =>
+        per === 32 ? [[1, 7, 32], [3, 130, 96], [17, 33, 256], [1, 300, 512], [5, 1, 64]] : [[1, 7, 256], [3, 130, 512], [17, 33, 256], [2, 257, 768], [5, 1, 256]];
+      for (const f of ALL_FORMATS) {
+        for (const [n, m, k] of blockValues(f.format) > 1 ? blockShapes(blockValues(f.format)) : shapes) {
           const name = `${formatName(f)} x[${n}, ${k}] · w[${m}, ${k}]^T`;
-          it(name, async () => {
+          it(name, whenSupported([f], async () => {
             const rng = rngFor(`matmul ${name}`);
             const hw = randomWeight(rng, f, m, k, 0.5);
             const x = randMat(rng, n, k, -2, 2);
             await expectClose(b.matmul(host(x), up(hw)), ref.refMatmul(x, hw), name);
-          });
+          }));
         }
       }
 
-      it('the same weight serves several inputs (decode after prefill)', async () => {
+      it('the same weight serves several inputs (decode after prefill)', whenSupported([FORMATS[4]], async () => {
         const rng = rngFor('matmul.reuse');
         const hw = randomWeight(rng, { format: 'fp8_e4m3_block', block: [4, 8] }, 21, 19);
         const w = up(hw);
@@ -309,18 +387,19 @@ export function backendConformance(label: string, make: () => Backend | Promise<
           const x = randMat(rng, n, 19);
           await expectClose(b.matmul(host(x), w), ref.refMatmul(x, hw), `n=${n}`);
         }
-      });
+      }));
     });
 
     // ---- embedding ------------------------------------------------------------------
 
     describe('embedding', () => {
-      for (const f of FORMATS) {
+      for (const f of ALL_FORMATS) {
         const name = `${formatName(f)} table, ids with -1 and repeats`;
-        it(name, async () => {
+        it(name, whenSupported([f], async () => {
           const rng = rngFor(`embedding ${name}`);
           const big = f.block?.[0] === 128;
-          const vocab = big ? 300 : 37, d = big ? 130 : 19;
+          const per = blockValues(f.format);
+          const vocab = big ? 300 : 37, d = big ? 130 : per > 1 ? 2 * per : 19;
           const hw = randomWeight(rng, f, vocab, d);
           const ids = Int32Array.from([3, -1, 0, vocab - 1, 3, -1, 17, big ? 257 : 30]);
           const t = b.embedding(up(hw), ids);
@@ -330,10 +409,29 @@ export function backendConformance(label: string, make: () => Backend | Promise<
           for (const row of [1, 5]) {
             for (let c = 0; c < d; c++) assert.ok(Object.is(got[row * d + c], 0), `id -1 (row ${row}) must give +0, got ${got[row * d + c]} at column ${c}`);
           }
-        });
+        }));
       }
 
-      it('decodes every finite f16, bf16 and e4m3 code (per-element relative tolerance)', async () => {
+      for (const f of BLOCK_FORMATS) {
+        it(`decodes ${f.format} blocks (every quant code, every sub-block scale; per-element relative tolerance)`, whenSupported([f], async () => {
+          // 64 rows of 4 blocks of random bytes: each code and scale byte value occurs many times.
+          // ggml decodes in float32 with one rounding per element; the reference is exact.
+          const rng = rngFor(`embedding.blocks ${f.format}`);
+          const per = blockValues(f.format);
+          const hw = randomWeight(rng, f, 64, 4 * per, 3, `${f.format}.codes`);
+          const ids = Int32Array.from({ length: hw.rows }, (_, i) => i);
+          const expected = ref.refEmbedding(hw, ids);
+          const got = await b.read(b.embedding(up(hw), ids));
+          for (let i = 0; i < got.length; i++) {
+            const e = expected.data[i];
+            if (!(Math.abs(got[i] - e) <= tol * Math.abs(e) + Math.pow(2, -126))) {
+              assert.fail(`${f.format}: element [${Math.floor(i / hw.cols)}, ${i % hw.cols}] decodes to ${got[i]}, expected ${e}`);
+            }
+          }
+        }));
+      }
+
+      it('decodes every finite f16, bf16 and e4m3 code (per-element relative tolerance)', whenSupported([FORMATS[1], FORMATS[2], FORMATS[3]], async () => {
         // Decoding is exact in float32 (fp8: one rounding of code * scale); f16 subnormals are
         // normal float32 numbers and must not be flushed. Only float32 denormals (bf16 codes with
         // a zero exponent) may flush to zero.
@@ -365,23 +463,23 @@ export function backendConformance(label: string, make: () => Backend | Promise<
           name: 'e4m3.codes', format: 'fp8_e4m3_block', rows: 2, cols: 127, data: f8,
           scales: Float32Array.from([1, 0.5, 3, 1 / 448]), blockRows: 1, blockCols: 64,
         }, 'e4m3');
-      });
+      }));
 
-      it('a single id (decode)', async () => {
+      it('a single id (decode)', whenSupported([FORMATS[2]], async () => {
         const rng = rngFor('embedding.single');
         const hw = randomWeight(rng, { format: 'bf16' }, 50, 24);
         await expectClose(b.embedding(up(hw), Int32Array.of(49)), ref.refEmbedding(hw, [49]), 'id 49');
         await expectClose(b.embedding(up(hw), Int32Array.of(-1)), ref.refEmbedding(hw, [-1]), 'id -1');
-      });
+      }));
     });
 
     // ---- elementwise ----------------------------------------------------------------
 
     describe('rmsNorm', () => {
-      for (const f of [FORMATS[0], FORMATS[1], FORMATS[2]]) {
-        it(`${formatName(f)} weight, rows of different scales, a zero row`, async () => {
+      for (const f of [FORMATS[0], FORMATS[1], FORMATS[2], ...BLOCK_FORMATS]) {
+        it(`${formatName(f)} weight, rows of different scales, a zero row`, whenSupported([f], async () => {
           const rng = rngFor(`rmsnorm ${formatName(f)}`);
-          const d = 37;
+          const d = blockValues(f.format) > 1 ? blockValues(f.format) : 37;
           const x = randMat(rng, 5, d);
           for (let c = 0; c < d; c++) {
             x.data[1 * d + c] *= 100;
@@ -391,15 +489,15 @@ export function backendConformance(label: string, make: () => Backend | Promise<
           const hw = randomWeight(rng, f, 1, d, 2);
           await expectClose(b.rmsNorm(host(x), up(hw), 1e-6), ref.refRmsNorm(x, hw, 1e-6), 'eps 1e-6');
           await expectClose(b.rmsNorm(host(x), up(hw), 1e-2), ref.refRmsNorm(x, hw, 1e-2), 'eps 1e-2');
-        });
+        }));
       }
 
-      it('one wide row (decode)', async () => {
+      it('one wide row (decode)', whenSupported([FORMATS[2]], async () => {
         const rng = rngFor('rmsnorm.wide');
         const x = randMat(rng, 1, 1031, -3, 3);
         const hw = randomWeight(rng, { format: 'bf16' }, 1, 1031);
         await expectClose(b.rmsNorm(host(x), up(hw), 1e-6), ref.refRmsNorm(x, hw, 1e-6), 'rmsNorm [1, 1031]');
-      });
+      }));
     });
 
     describe('add and swiglu', () => {
@@ -578,17 +676,19 @@ export function backendConformance(label: string, make: () => Backend | Promise<
       ];
       const mixedTables = [[7, 2, 5], [3, 10, 1], [11, 4]];
 
-      for (const f of [FORMATS[0], FORMATS[2], FORMATS[1], FORMATS[4], FORMATS[3]]) {
-        it(`kv_b ${formatName(f)}: mixed prefill/decode batches, 2 layers, block size 4, tables [7,2,5] [3,10,1] [11,4]`, async () => {
-          await scenario(`mixed ${formatName(f)}`, small, f, { layers: 2, numBlocks: 12, blockSize: 4, tables: mixedTables, steps: mixedSteps });
-        });
+      for (const f of [FORMATS[0], FORMATS[2], FORMATS[1], FORMATS[4], FORMATS[3], ...BLOCK_FORMATS]) {
+        // Block formats need the latent rank (kv_b's columns) to be whole blocks.
+        const shape = blockValues(f.format) > 1 ? { ...small, kvRank: blockValues(f.format) } : small;
+        it(`kv_b ${formatName(f)}: mixed prefill/decode batches, 2 layers, block size 4, tables [7,2,5] [3,10,1] [11,4]`, whenSupported([f], async () => {
+          await scenario(`mixed ${formatName(f)}`, shape, f, { layers: 2, numBlocks: 12, blockSize: 4, tables: mixedTables, steps: mixedSteps });
+        }));
       }
 
-      it('a single token at position 0 (attends only to itself)', async () => {
+      it('a single token at position 0 (attends only to itself)', whenSupported([FORMATS[0]], async () => {
         await scenario('single', small, FORMATS[0], { layers: 1, numBlocks: 3, blockSize: 4, tables: [[2]], steps: [{ tokens: [[0, 0]] }] });
-      });
+      }));
 
-      it('copyBlocks: a forked sequence sees copies in every layer, the source is untouched', async () => {
+      it('copyBlocks: a forked sequence sees copies in every layer, the source is untouched', whenSupported([FORMATS[2]], async () => {
         // Sequence 0 fills blocks [7, 2] and half of 5; blocks 7 and 2 are copied to 0 and 6 for
         // sequence 1 = [0, 6, 8], which then diverges at position 8 while 0 goes on at 9.
         await scenario('copy', small, FORMATS[2], {
@@ -596,9 +696,9 @@ export function backendConformance(label: string, make: () => Backend | Promise<
           steps: [{ tokens: range(0, 0, 9) }, { tokens: [[1, 8], [0, 9]] }, { tokens: [[0, 10], [1, 9], [1, 10]] }],
           copies: [{ afterStep: 0, src: [7, 2], dst: [0, 6], tables: [[7, 2, 5], [0, 6, 8]] }],
         });
-      });
+      }));
 
-      it('larger: 4 heads, rank 64, block size 16, 133-token prefill in chunks, shuffled blocks', async () => {
+      it('larger: 4 heads, rank 64, block size 16, 133-token prefill in chunks, shuffled blocks', whenSupported([FORMATS[3]], async () => {
         const shape: MlaShape = { heads: 4, nopeDim: 16, ropeDim: 8, vDim: 12, kvRank: 64, softmaxScale: 1 / Math.sqrt(24) };
         const perm = [9, 3, 14, 0, 11, 6, 1, 12, 5, 15];
         await scenario('large', shape, FORMATS[3], {
@@ -609,7 +709,7 @@ export function backendConformance(label: string, make: () => Backend | Promise<
             { tokens: [[0, 133], [1, 41]] },
           ],
         });
-      });
+      }));
     });
 
     // ---- routing ----------------------------------------------------------------------
@@ -672,7 +772,7 @@ export function backendConformance(label: string, make: () => Backend | Promise<
         });
       }
 
-      it('readRouting returns copies: mutating them changes neither the routing nor moe', async () => {
+      it('readRouting returns copies: mutating them changes neither the routing nor moe', whenSupported([FORMATS[0]], async () => {
         const rng = rngFor('route.copy');
         const cfg: RouterConfig = { topK: 2, scoring: 'softmax', nGroup: 1, topkGroup: 1, groupScore: 'max', normalize: true, scale: 1 };
         const logits = clearLogits(rng, 3, 4, null, cfg, 3);
@@ -692,9 +792,9 @@ export function backendConformance(label: string, make: () => Backend | Promise<
         assert.deepEqual([...again.weights], [...weights], 'weights read after mutating an earlier read');
         const dev: ExpertWeights[] = ex.map((e) => ({ gate: up(e.gate), up: up(e.up), down: up(e.down) }));
         await expectClose(b.moe(host(x), routing, dev), ref.refMoe(x, { topK: 2, ids, weights }, ex), 'moe after mutating readRouting output');
-      });
+      }));
 
-      it('bias only selects: a biased-in expert keeps its unbiased weight', async () => {
+      it('bias only selects: a biased-in expert keeps its unbiased weight', whenSupported([FORMATS[0], FORMATS[2]], async () => {
         const cfg: RouterConfig = { topK: 2, scoring: 'sigmoid', nGroup: 1, topkGroup: 1, groupScore: 'top2sum', normalize: false, scale: 1 };
         const logits = toMat(1, 6, [2, 1, 0, -3, 0.5, -1]);
         const bias = f32Weight('bias', 1, 6, [0, 0, 0, 5, 0, 0]); // expert 3: sigmoid(-3) ~ 0.047, chosen anyway
@@ -702,7 +802,7 @@ export function backendConformance(label: string, make: () => Backend | Promise<
         assert.deepEqual([...e.ids].sort(), [0, 3]);
         const withBf16Bias: HostWeight = { name: 'bias.bf16', format: 'bf16', rows: 1, cols: 6, data: Uint16Array.from([0, 0, 0, 5, 0, 0].map(bf16Truncate)) };
         await expectRouting(logits, withBf16Bias, cfg, 'bf16 bias');
-      });
+      }));
 
       it('ties go to the lower expert id', async () => {
         const greedy = (topK: number): RouterConfig => ({ topK, scoring: 'softmax', nGroup: 1, topkGroup: 1, groupScore: 'max', normalize: false, scale: 1 });
@@ -761,17 +861,24 @@ export function backendConformance(label: string, make: () => Backend | Promise<
       const softmax = (topK: number): RouterConfig => ({ topK, scoring: 'softmax', nGroup: 1, topkGroup: 1, groupScore: 'max', normalize: true, scale: 1 });
       const f32: FormatSpec = FORMATS[0], bf16: FormatSpec = FORMATS[2], f16: FormatSpec = FORMATS[1], fp8: FormatSpec = FORMATS[4];
 
-      it('f32 experts: 6 experts, top 2, experts 1 and 4 unused, 5 tokens', () =>
+      const moeCase = (name: string, specs: [FormatSpec, FormatSpec, FormatSpec], run: () => Promise<void>) => it(name, whenSupported(specs, run));
+      moeCase('f32 experts: 6 experts, top 2, experts 1 and 4 unused, 5 tokens', [f32, f32, f32], () =>
         check('f32', 5, 24, 10, 6, softmax(2), [f32, f32, f32], [1, 4]));
-      it('bf16 experts, decode (1 token)', () => check('bf16 decode', 1, 24, 10, 6, softmax(2), [bf16, bf16, bf16], [0]));
-      it('fp8 [4x8] experts (partial blocks), 7 tokens, top 3 of 8', () =>
+      moeCase('bf16 experts, decode (1 token)', [bf16, bf16, bf16], () => check('bf16 decode', 1, 24, 10, 6, softmax(2), [bf16, bf16, bf16], [0]));
+      moeCase('fp8 [4x8] experts (partial blocks), 7 tokens, top 3 of 8', [fp8, fp8, fp8], () =>
         check('fp8', 7, 19, 13, 8, softmax(3), [fp8, fp8, fp8], [2, 5, 7]));
-      it('fp8 [128x128] experts, 3 tokens, 130 wide', () => check('fp8-128', 3, 130, 129, 4, softmax(2), [FORMATS[3], FORMATS[3], FORMATS[3]], [3]));
-      it('mixed formats per projection (bf16 gate, f16 up, fp8 down)', () =>
+      moeCase('fp8 [128x128] experts, 3 tokens, 130 wide', [FORMATS[3], FORMATS[3], FORMATS[3]], () => check('fp8-128', 3, 130, 129, 4, softmax(2), [FORMATS[3], FORMATS[3], FORMATS[3]], [3]));
+      moeCase('mixed formats per projection (bf16 gate, f16 up, fp8 down)', [bf16, f16, fp8], () =>
         check('mixed', 4, 16, 9, 5, softmax(2), [bf16, f16, fp8], [4]));
-      it('every token picks the same expert', () => check('same', 6, 12, 8, 5, softmax(2), [f32, bf16, f32], [], { sameExpert: 3 }));
-      it('sigmoid + bias routing with groups, weights scaled by 2.5', () =>
+      moeCase('every token picks the same expert', [f32, bf16, f32], () => check('same', 6, 12, 8, 5, softmax(2), [f32, bf16, f32], [], { sameExpert: 3 }));
+      moeCase('sigmoid + bias routing with groups, weights scaled by 2.5', [bf16, bf16, bf16], () =>
         check('sigmoid', 6, 20, 7, 16, { topK: 4, scoring: 'sigmoid', nGroup: 4, topkGroup: 2, groupScore: 'top2sum', normalize: true, scale: 2.5 }, [bf16, bf16, bf16], [0, 9], { bias: true }));
+      const [q8, q4, q4k, q6k] = BLOCK_FORMATS;
+      moeCase('q8_0 experts, 5 tokens, top 2 of 6', [q8, q8, q8], () => check('q8_0', 5, 64, 32, 6, softmax(2), [q8, q8, q8], [1]));
+      moeCase('k-quant experts (q4_k gate/up, q6_k down, as llama.cpp\'s Q4_K_M mixes them), 4 tokens', [q4k, q4k, q6k], () =>
+        check('k-quants', 4, 256, 256, 5, softmax(2), [q4k, q4k, q6k], [2]));
+      moeCase('mixed block and element formats (q4_0 gate, bf16 up, q8_0 down)', [q4, bf16, q8], () =>
+        check('mixed blocks', 3, 64, 32, 4, softmax(2), [q4, bf16, q8], [0]));
     });
 
     // ---- argmaxRows -------------------------------------------------------------------
@@ -805,7 +912,7 @@ export function backendConformance(label: string, make: () => Backend | Promise<
     // ---- composition --------------------------------------------------------------
 
     describe('composition', () => {
-      it('ops consume other ops\' outputs (slices, concat, gather) and leave their inputs alone', async () => {
+      it('ops consume other ops\' outputs (slices, concat, gather) and leave their inputs alone', whenSupported([FORMATS[4], FORMATS[2]], async () => {
         const rng = rngFor('composition');
         const x = randMat(rng, 5, 30);
         const hw = randomWeight(rng, FORMATS[4], 14, 12);
@@ -827,7 +934,7 @@ export function backendConformance(label: string, make: () => Backend | Promise<
         await expectClose(out, expected, 'chain', { tol: tol * 10 });
         assert.deepEqual([...(await b.argmaxRows(out))], [...ref.refArgmaxRows(toMat(3, 30, await b.read(out)))]);
         compareExact(await b.read(tx), x.data, 'chain input after the ops', x.cols);
-      });
+      }));
     });
   });
 }

@@ -67,10 +67,82 @@ export function decodeE4m3(byte: number): number {
   return sign * (8 + man) * Math.pow(2, exp - 10); // (1 + man/8) * 2^(exp-7)
 }
 
+// ---- llama.cpp block formats, decoded element by element from the layout description ----
+//
+// Written from ggml-common.h's block definitions, one element at a time (where does element c
+// of a row live, which scale applies), not as ggml's row loops: an independent second reading.
+
+/** Block length in values and bytes of each GGUF block format. */
+const BLOCKS: Record<string, { values: number; bytes: number }> = {
+  q8_0: { values: 32, bytes: 34 }, q4_0: { values: 32, bytes: 18 }, q4_k: { values: 256, bytes: 144 }, q6_k: { values: 256, bytes: 210 },
+};
+
+function int8(b: number): number {
+  return b >= 128 ? b - 256 : b;
+}
+
+/** Element (r, c) of a block-format weight. */
+export function decodeBlockElement(w: HostWeight, r: number, c: number): number {
+  const spec = BLOCKS[w.format];
+  const bytes = w.data as Uint8Array;
+  const blk = Math.floor(c / spec.values);
+  const j = c % spec.values; // position inside the block
+  const p = (r * (w.cols / spec.values) + blk) * spec.bytes; // first byte of the block
+  const half = (o: number) => decodeF16(bytes[o] | (bytes[o + 1] << 8));
+  switch (w.format) {
+    case 'q8_0': // d, then one signed byte per value
+      return int8(bytes[p + 2 + j]) * half(p);
+    case 'q4_0': { // d, then 16 bytes: value j in the low nibble of byte j, value j+16 in the high nibble of byte j
+      const byte = bytes[p + 2 + (j % 16)];
+      const nib = j < 16 ? byte & 15 : byte >> 4;
+      return (nib - 8) * half(p);
+    }
+    case 'q4_k': {
+      // d, dmin, 12 bytes of scales, 128 bytes of nibbles. Sub-block s = j / 32 has a 6-bit scale and min:
+      // bytes 0-3 low 6 bits: scales 0-3 (top 2 bits: scales 4-7 bits 4-5); bytes 4-7 the same for mins;
+      // bytes 8-11: low nibble = scale 4-7 bits 0-3, high nibble = min 4-7 bits 0-3.
+      const s = Math.floor(j / 32);
+      const sb = p + 4;
+      let scale: number, min: number;
+      if (s < 4) {
+        scale = bytes[sb + s] % 64;
+        min = bytes[sb + 4 + s] % 64;
+      } else {
+        scale = (bytes[sb + 8 + (s - 4)] % 16) + Math.floor(bytes[sb + (s - 4)] / 64) * 16;
+        min = Math.floor(bytes[sb + 8 + (s - 4)] / 16) + Math.floor(bytes[sb + 4 + (s - 4)] / 64) * 16;
+      }
+      // Values come in groups of 64 sharing 32 bytes: the first 32 in the low nibbles, the next 32 in the high ones.
+      const group = Math.floor(j / 64), k = j % 64;
+      const byte = bytes[p + 16 + 32 * group + (k % 32)];
+      const q = k < 32 ? byte % 16 : Math.floor(byte / 16);
+      return half(p) * scale * q - half(p + 2) * min;
+    }
+    case 'q6_k': {
+      // ql[128], qh[64], int8 scales[16], d. Halves of 128 values; in a half, quarter qd = k / 32 and l = k % 32:
+      // low 4 bits from ql[64h + 32(qd odd) + l] (low nibble for qd 0-1, high for 2-3),
+      // high 2 bits from qh[32h + l] bits 2qd..2qd+1; scale index 8h + 2qd + l / 16.
+      const h = Math.floor(j / 128), k = j % 128, qd = Math.floor(k / 32), l = k % 32;
+      const qlByte = bytes[p + 64 * h + (qd % 2) * 32 + l];
+      const low = qd < 2 ? qlByte % 16 : Math.floor(qlByte / 16);
+      const high = Math.floor(bytes[p + 128 + 32 * h + l] / 4 ** qd) % 4;
+      const scale = int8(bytes[p + 192 + 8 * h + 2 * qd + Math.floor(l / 16)]);
+      return half(p + 208) * scale * (low + 16 * high - 32);
+    }
+  }
+  throw new Error(`${w.name}: ${w.format} is not a block format`);
+}
+
 /** The whole weight as float64, [rows, cols]. fp8 multiplies each element by its block's scale. */
 export function dequantize(w: HostWeight): Mat {
   const out = mat(w.rows, w.cols);
   const n = w.rows * w.cols;
+  if (BLOCKS[w.format]) {
+    const spec = BLOCKS[w.format];
+    if (w.cols % spec.values !== 0) throw new Error(`${w.name}: ${w.cols} columns is not a whole number of ${w.format} blocks`);
+    if (w.data.length !== (n / spec.values) * spec.bytes) throw new Error(`${w.name}: ${w.data.length} bytes for [${w.rows}, ${w.cols}] ${w.format}`);
+    for (let r = 0; r < w.rows; r++) for (let c = 0; c < w.cols; c++) out.data[r * w.cols + c] = decodeBlockElement(w, r, c);
+    return out;
+  }
   if (w.data.length !== n) throw new Error(`${w.name}: ${w.data.length} values for [${w.rows}, ${w.cols}]`);
   for (let r = 0; r < w.rows; r++) {
     for (let c = 0; c < w.cols; c++) {
@@ -88,6 +160,7 @@ export function dequantize(w: HostWeight): Mat {
           x = decodeE4m3(v) * s;
           break;
         }
+        default: throw new Error(`${w.name}: unknown format ${w.format}`);
       }
       out.data[i] = x;
     }

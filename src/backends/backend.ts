@@ -12,8 +12,11 @@
  * docs/backends.md describes each op precisely; test/conformance.ts checks them.
  */
 
-/** Packed weight formats a backend computes on directly. */
-export type WeightFormat = 'f32' | 'f16' | 'bf16' | 'fp8_e4m3_block';
+/**
+ * Packed weight formats a backend computes on directly. The last four are llama.cpp's GGUF
+ * block formats, byte for byte (src/formats/quant.ts describes their layouts).
+ */
+export type WeightFormat = 'f32' | 'f16' | 'bf16' | 'fp8_e4m3_block' | 'q8_0' | 'q4_0' | 'q4_k' | 'q6_k';
 
 /**
  * A weight as read from the checkpoint, still packed, in host memory.
@@ -25,7 +28,12 @@ export interface HostWeight {
   format: WeightFormat;
   rows: number;
   cols: number;
-  /** f32: Float32Array; f16/bf16: Uint16Array; fp8: Uint8Array (e4m3fn bytes). */
+  /**
+   * f32: Float32Array; f16/bf16: Uint16Array; fp8: Uint8Array (e4m3fn bytes);
+   * q8_0/q4_0/q4_k/q6_k: Uint8Array of blocks, each row a whole number of blocks (cols a
+   * multiple of 32, or 256 for the k-quants), rows one after another. May be a view into a
+   * larger buffer (e.g. one expert of a stacked GGUF tensor).
+   */
   data: Float32Array | Uint16Array | Uint8Array;
   /** fp8 only: one float per block, [ceil(rows / blockRows), ceil(cols / blockCols)] row-major. */
   scales?: Float32Array;
@@ -121,6 +129,12 @@ export interface DeviceInfo {
 
 export interface Backend {
   readonly info: DeviceInfo;
+
+  /**
+   * Whether uploadWeight/every op accepts weights in this format. The model loader converts
+   * weights in unsupported formats (to bf16) before uploading. Every backend supports f32 or bf16.
+   */
+  supportsFormat(format: WeightFormat): boolean;
 
   // ---- buffers -------------------------------------------------------------------------
   uploadWeight(w: HostWeight): DeviceWeight;

@@ -4,6 +4,23 @@ import { openCheckpoint } from '../formats/checkpoint.js';
 import { DeepseekModel, expectedTensors } from '../models/deepseek.js';
 import type { DeepseekConfig } from '../models/config.js';
 import type { Checkpoint } from '../formats/types.js';
+import { ggufPathOf, openGgufModel } from '../models/gguf-deepseek.js';
+
+/** What summarize needs of a model's files: which tensors exist and the bytes per stored type. */
+export interface StoredTensors {
+  has(name: string): boolean;
+  bytesByDtype: Record<string, number>;
+  totalBytes: number;
+}
+
+function checkpointTensors(ckpt: Checkpoint): StoredTensors {
+  const bytesByDtype: Record<string, number> = {};
+  for (const name of ckpt.tensors.names()) {
+    const info = ckpt.tensors.info(name);
+    bytesByDtype[info.dtype] = (bytesByDtype[info.dtype] ?? 0) + info.byteLength;
+  }
+  return { has: (n) => ckpt.tensors.has(n), bytesByDtype, totalBytes: ckpt.totalBytes };
+}
 
 export interface ModelSummary {
   architecture: string;
@@ -31,10 +48,11 @@ export interface ModelSummary {
   totalBytes: number;
 }
 
-export function summarize(ckpt: Checkpoint, cfg: DeepseekConfig): ModelSummary {
+export function summarize(ckptOrTensors: Checkpoint | StoredTensors, cfg: DeepseekConfig): ModelSummary {
+  const st = 'tensors' in ckptOrTensors ? checkpointTensors(ckptOrTensors) : ckptOrTensors;
   let params = 0, mtpParams = 0, routed = 0;
   const layerOf = (name: string) => Number(/^model\.layers\.(\d+)\./.exec(name)?.[1] ?? -1);
-  for (const [name, shape] of expectedTensors(cfg, true, (n) => ckpt.tensors.has(n))) {
+  for (const [name, shape] of expectedTensors(cfg, true, (n) => st.has(n))) {
     const n = shape.reduce((a, b) => a * b, 1);
     if (layerOf(name) >= cfg.numHiddenLayers) mtpParams += n;
     else {
@@ -43,11 +61,7 @@ export function summarize(ckpt: Checkpoint, cfg: DeepseekConfig): ModelSummary {
     }
   }
   const activeParams = params - routed + (cfg.nRoutedExperts ? (routed * cfg.numExpertsPerTok) / cfg.nRoutedExperts : 0);
-  const bytesByDtype: Record<string, number> = {};
-  for (const name of ckpt.tensors.names()) {
-    const info = ckpt.tensors.info(name);
-    bytesByDtype[info.dtype] = (bytesByDtype[info.dtype] ?? 0) + info.byteLength;
-  }
+  const bytesByDtype = st.bytesByDtype;
   const moeLayers = Array.from({ length: cfg.numHiddenLayers }, (_, i) => i)
     .filter((i) => cfg.nRoutedExperts > 0 && i >= cfg.firstKDenseReplace && i % cfg.moeLayerFreq === 0).length;
   return {
@@ -67,7 +81,7 @@ export function summarize(ckpt: Checkpoint, cfg: DeepseekConfig): ModelSummary {
     kvBytesPerTokenBf16: cfg.numHiddenLayers * (cfg.kvLoraRank + cfg.qkRopeHeadDim) * 2,
     mhaKvBytesPerTokenBf16: cfg.numHiddenLayers * cfg.numAttentionHeads * (cfg.qkNopeHeadDim + cfg.qkRopeHeadDim + cfg.vHeadDim) * 2,
     bytesByDtype,
-    totalBytes: ckpt.totalBytes,
+    totalBytes: st.totalBytes,
   };
 }
 
@@ -87,13 +101,30 @@ export function registerInspect(program: Command): void {
   program
     .command('inspect')
     .description('show architecture, parameters, KV-cache size and weight formats of a checkpoint')
-    .requiredOption('--model <dir>', 'Hugging Face model folder')
+    .requiredOption('--model <dir>', 'Hugging Face model folder or a .gguf file')
     .option('--json', 'print JSON')
     .action((o: { model: string; json?: boolean }) => {
-      const ckpt = openCheckpoint(o.model);
+      const gguf = ggufPathOf(o.model);
+      const opened = gguf ? openGgufModel(gguf) : openCheckpoint(o.model);
+      const close = () => ('file' in opened ? opened.close() : opened.tensors.close());
       try {
-        const cfg = DeepseekModel.checkCheckpoint(ckpt);
-        const s = summarize(ckpt, cfg);
+        let cfg: DeepseekConfig, st: StoredTensors;
+        if ('file' in opened) {
+          // A GGUF: every tensor checked against the config; bytes per ggml type.
+          cfg = opened.cfg;
+          for (const [name, shape] of expectedTensors(cfg, true, (n) => opened.weights.has(n))) opened.weights.check(name, shape);
+          const bytesByDtype: Record<string, number> = {};
+          let totalBytes = 0;
+          for (const t of opened.file.tensors.values()) {
+            bytesByDtype[t.typeName] = (bytesByDtype[t.typeName] ?? 0) + t.byteLength;
+            totalBytes += t.byteLength;
+          }
+          st = { has: (n) => opened.weights.has(n), bytesByDtype, totalBytes };
+        } else {
+          cfg = DeepseekModel.checkCheckpoint(opened);
+          st = checkpointTensors(opened);
+        }
+        const s = summarize(st, cfg);
         if (o.json) {
           process.stdout.write(JSON.stringify(s, null, 2) + '\n');
           return;
@@ -109,7 +140,7 @@ export function registerInspect(program: Command): void {
         ];
         process.stdout.write(lines.join('\n') + '\n');
       } finally {
-        ckpt.tensors.close();
+        close();
       }
     });
 }

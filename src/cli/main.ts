@@ -13,6 +13,7 @@ import { registerPlan } from './plan.js';
 import { registerServe } from './serve.js';
 import { registerChat } from './chat.js';
 import { registerDevices } from './devices.js';
+import { registerConvert } from './convert.js';
 
 export function buildProgram(): Command {
   const program = new Command('shoal')
@@ -26,6 +27,7 @@ export function buildProgram(): Command {
   registerInspect(program);
   registerTokenize(program);
   registerGolden(program);
+  registerConvert(program);
   registerDevices(program);
   registerPlan(program);
   for (const c of program.commands) c.exitOverride();

@@ -5,7 +5,15 @@ import { UserError } from '../errors.js';
 import { validateSamplingParams, type SamplingParams } from '../engine/sampling.js';
 import type { Engine, GenerateOptions, GenerationStats } from '../engine/engine.js';
 import type { ChatMessage } from '../tokenizer/tokenizer.js';
+import { InvalidArgumentError } from 'commander';
+import { QUANTIZE_TYPES, type QuantizeType } from '../models/weights.js';
 import { intOption, loadEngine, numberOption } from './common.js';
+
+/** Commander parser for --quantize. */
+export function quantizeOption(v: string): QuantizeType {
+  if (!(QUANTIZE_TYPES as readonly string[]).includes(v)) throw new InvalidArgumentError(`expected one of: ${QUANTIZE_TYPES.join(', ')}`);
+  return v as QuantizeType;
+}
 
 interface RunOptions {
   model: string;
@@ -26,24 +34,26 @@ interface RunOptions {
   device: string;
   maxContext?: number;
   speculative?: 'mtp';
+  quantize?: QuantizeType;
 }
 
 /** Flags shared by the generating commands (run, chat): model, limits, stops, speculation, device. */
 export function addGenerationOptions(cmd: Command, defaultMaxTokens: number): Command {
   return cmd
-    .requiredOption('--model <dir>', 'Hugging Face model folder (config.json, safetensors, tokenizer)')
+    .requiredOption('--model <dir>', 'Hugging Face model folder (config.json, safetensors, tokenizer) or a .gguf file')
     .option('--max-tokens <n>', 'most tokens to generate (per reply)', intOption(1), defaultMaxTokens)
     .option('--stop <text>', 'stop string (repeatable)', (v: string, acc: string[]) => [...acc, v], [] as string[])
     .option('--ignore-eos', 'keep generating past end-of-sequence (up to --max-tokens)')
     .option('--speculative <method>', 'speculative decoding with the checkpoint\'s MTP head: mtp')
     .option('--device <name>', 'cpu | webgpu | auto (a hardware GPU if one is found, else cpu)', 'auto')
-    .option('--max-context <n>', 'context length to size the KV cache for', intOption(2));
+    .option('--max-context <n>', 'context length to size the KV cache for', intOption(2))
+    .option('--quantize <type>', 'pack projection weights on load: q8_0 | q4_k (llama.cpp block formats)', quantizeOption);
 }
 
 /** Loads the engine for run/chat after checking --speculative. */
-export function loadGenerationEngine(o: { model: string; device: string; maxContext?: number; speculative?: string }): Promise<Engine> {
+export function loadGenerationEngine(o: { model: string; device: string; maxContext?: number; speculative?: string; quantize?: QuantizeType }): Promise<Engine> {
   if (o.speculative !== undefined && o.speculative !== 'mtp') throw new UserError(`unknown method "${o.speculative}" (supported: mtp)`, '--speculative');
-  return loadEngine(o.model, o.device, { maxContext: o.maxContext, speculative: o.speculative === 'mtp' ? 'mtp' : null });
+  return loadEngine(o.model, o.device, { maxContext: o.maxContext, speculative: o.speculative === 'mtp' ? 'mtp' : null, quantize: o.quantize ?? null });
 }
 
 /** Adds the sampling flags shared by run, chat and bench. */

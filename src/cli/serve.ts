@@ -2,7 +2,11 @@
 import { InvalidArgumentError, type Command } from 'commander';
 import { UserError } from '../errors.js';
 import { DEFAULT_MAX_BODY_BYTES, startServer, type RunningServer } from '../server/server.js';
+import { createBackend } from '../backends/index.js';
+import { loadModel } from '../engine/engine.js';
+import type { QuantizeType } from '../models/weights.js';
 import { intOption, numberOption } from './common.js';
+import { quantizeOption } from './run.js';
 import { Progress } from './progress.js';
 
 interface ServeOptions {
@@ -21,6 +25,7 @@ interface ServeOptions {
   servedModelName?: string;
   maxBodyMb?: number;
   shutdownTimeout: number;
+  quantize?: QuantizeType;
 }
 
 /** Seconds a graceful shutdown waits for running requests before aborting them. */
@@ -38,7 +43,7 @@ export function registerServe(program: Command): void {
   program
     .command('serve')
     .description('serve a model over an OpenAI-compatible HTTP API')
-    .requiredOption('--model <dir>', 'Hugging Face model folder (config.json, safetensors, tokenizer)')
+    .requiredOption('--model <dir>', 'Hugging Face model folder (config.json, safetensors, tokenizer) or a .gguf file')
     .option('--host <host>', 'address to listen on', '127.0.0.1')
     .option('--port <n>', 'port to listen on (default: $PORT, else 8000; 0 = any free port)', intOption(0, 65535))
     .option('--api-key <key>', 'require Authorization: Bearer KEY on /v1/* (default: $SHOAL_API_KEY, else none)')
@@ -56,6 +61,7 @@ export function registerServe(program: Command): void {
     .option('--served-model-name <name>', 'model name clients send (default: the model folder\'s name)')
     .option('--max-body-mb <m>', `largest request body in MiB (default ${DEFAULT_MAX_BODY_BYTES / 2 ** 20})`, numberOption)
     .option('--shutdown-timeout <s>', 'seconds to let running requests finish on SIGINT/SIGTERM', numberOption, SHUTDOWN_GRACE_S)
+    .option('--quantize <type>', 'pack projection weights on load: q8_0 | q4_k (llama.cpp block formats)', quantizeOption)
     .action(async (o: ServeOptions) => {
       if (o.maxBodyMb !== undefined && !(o.maxBodyMb > 0)) throw new UserError('must be > 0', '--max-body-mb');
       const port = o.port ?? portFromEnv() ?? 8000;
@@ -79,6 +85,8 @@ export function registerServe(program: Command): void {
           servedModelName: o.servedModelName,
           maxBodyBytes: o.maxBodyMb !== undefined ? Math.floor(o.maxBodyMb * 2 ** 20) : undefined,
           onProgress: (d, t) => progress.update(d, t),
+          // --quantize needs the load options the server's default loader does not take.
+          load: o.quantize ? async () => loadModel(o.model, await createBackend(o.device), (d, t) => progress.update(d, t), { quantize: o.quantize }) : undefined,
         });
       } catch (e) {
         const code = (e as NodeJS.ErrnoException).code;

@@ -5,9 +5,11 @@
 import { existsSync, readFileSync } from 'node:fs';
 import { join } from 'node:path';
 import type { Backend } from '../backends/backend.js';
-import { openCheckpoint } from '../formats/checkpoint.js';
 import { DeepseekModel } from '../models/deepseek.js';
+import { openModelPath } from '../models/gguf-deepseek.js';
+import type { QuantizeType } from '../models/weights.js';
 import { loadTokenizer, type ShoalTokenizer } from '../tokenizer/tokenizer.js';
+import { tokenizerFromGguf } from '../tokenizer/gguf-tokenizer.js';
 import { UserError } from '../errors.js';
 import { defaultSamplingParams, type SamplingParams } from './sampling.js';
 import { Scheduler } from './scheduler.js';
@@ -27,6 +29,8 @@ export interface EngineOptions {
   kvCacheMb?: number;
   speculative?: 'mtp' | null;
   onProgress?: (done: number, total: number) => void;
+  /** Pack projection weights on load (`--quantize`). */
+  quantize?: QuantizeType | null;
 }
 
 export interface GenerateOptions {
@@ -64,19 +68,29 @@ export interface LoadedModel {
   close(): void;
 }
 
-/** Opens a Hugging Face model folder, uploads its weights to `backend` and loads its tokenizer. */
-export async function loadModel(dir: string, backend: Backend, onProgress?: (done: number, total: number) => void): Promise<LoadedModel> {
-  const ckpt = openCheckpoint(dir);
+export interface LoadModelOptions {
+  /** Pack projection weights on load (`--quantize`). */
+  quantize?: QuantizeType | null;
+}
+
+/**
+ * Opens a Hugging Face model folder or a .gguf file (llama.cpp's deepseek2), uploads its
+ * weights to `backend` and loads its tokenizer.
+ */
+export async function loadModel(dir: string, backend: Backend, onProgress?: (done: number, total: number) => void, opts: LoadModelOptions = {}): Promise<LoadedModel> {
+  const opened = openModelPath(dir);
   try {
-    const model = DeepseekModel.load(ckpt, backend, { onProgress });
-    const tokenizer = await loadTokenizer(dir);
-    const defaultSampling = readGenerationConfig(dir);
+    const model = DeepseekModel.load(opened.source, backend, { onProgress, quantize: opts.quantize });
+    // A GGUF carries its tokenizer and chat template; it has no generation_config (greedy by default).
+    const tokenizer = opened.gguf ? tokenizerFromGguf(opened.gguf.file) : await loadTokenizer(dir);
+    const defaultSampling = opened.gguf ? readGenerationConfig('') : readGenerationConfig(dir);
+    if (opened.gguf) opened.close(); // every tensor has been read
     return {
       dir, model, tokenizer, backend, defaultSampling,
-      close: () => { ckpt.tensors.close(); backend.dispose(); },
+      close: () => { opened.close(); backend.dispose(); },
     };
   } catch (e) {
-    ckpt.tensors.close();
+    opened.close();
     throw e;
   }
 }
@@ -104,7 +118,7 @@ export class Engine {
   }
 
   static async load(dir: string, opts: EngineOptions): Promise<Engine> {
-    const loaded = await loadModel(dir, opts.backend, opts.onProgress);
+    const loaded = await loadModel(dir, opts.backend, opts.onProgress, { quantize: opts.quantize });
     try {
       return new Engine(loaded, opts);
     } catch (e) {
@@ -158,7 +172,7 @@ export class Engine {
 export function readGenerationConfig(dir: string): SamplingParams {
   const p = { ...defaultSamplingParams(), temperature: 0 };
   const file = join(dir, 'generation_config.json');
-  if (!existsSync(file)) return p;
+  if (!dir || !existsSync(file)) return p;
   let g: Record<string, unknown>;
   try {
     g = JSON.parse(readFileSync(file, 'utf8'));

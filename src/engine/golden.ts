@@ -5,9 +5,10 @@
 import { existsSync, readFileSync } from 'node:fs';
 import { join } from 'node:path';
 import type { Backend } from '../backends/backend.js';
-import { openCheckpoint } from '../formats/checkpoint.js';
 import { openSafetensors, toFloat32 } from '../formats/safetensors.js';
 import { DeepseekModel } from '../models/deepseek.js';
+import { openModelPath } from '../models/gguf-deepseek.js';
+import type { QuantizeType } from '../models/weights.js';
 import { UserError } from '../errors.js';
 import { BlockAllocator, SequenceBlocks } from './kv-cache.js';
 
@@ -69,14 +70,29 @@ function readGoldenJson(dir: string): GoldenJson {
   return g as GoldenJson;
 }
 
-export async function runGolden(dir: string, backend: Backend, tol = GOLDEN_TOLERANCE): Promise<GoldenReport> {
+export interface GoldenOptions {
+  /** Pack projection weights on load (`--quantize`), to measure what packing costs. */
+  quantize?: QuantizeType | null;
+}
+
+/**
+ * Runs a fixture: a folder with golden.json, golden.safetensors and either a Hugging Face
+ * checkpoint or model.gguf.
+ */
+export async function runGolden(dir: string, backend: Backend, tol = GOLDEN_TOLERANCE, opts: GoldenOptions = {}): Promise<GoldenReport> {
   const golden = readGoldenJson(dir);
   const goldenFile = join(dir, 'golden.safetensors');
   if (!existsSync(goldenFile)) throw new UserError('missing golden.safetensors', dir);
   const ref = openSafetensors(goldenFile);
-  const ckpt = openCheckpoint(dir);
+  let opened: ReturnType<typeof openModelPath>;
   try {
-    const model = DeepseekModel.load(ckpt, backend);
+    opened = openModelPath(dir);
+  } catch (e) {
+    ref.close();
+    throw e;
+  }
+  try {
+    const model = DeepseekModel.load(opened.source, backend, { quantize: opts.quantize });
     const V = model.cfg.vocabSize;
     const refArray = (name: string) => {
       const info = ref.info(name);
@@ -127,7 +143,7 @@ export async function runGolden(dir: string, backend: Backend, tol = GOLDEN_TOLE
     }
     return { dir, architecture: model.cfg.architecture, comparisons, pass: comparisons.every((c) => c.pass) };
   } finally {
-    ckpt.tensors.close();
+    opened.close();
     ref.close();
   }
 }

@@ -12,7 +12,7 @@ import type {
 } from '../backends/backend.js';
 import type { Checkpoint } from '../formats/types.js';
 import { parseDeepseekConfig, type DeepseekConfig } from './config.js';
-import { WeightReader } from './weights.js';
+import { WeightPreparer, WeightReader, type QuantizeType, type WeightSource } from './weights.js';
 import { Placement } from '../engine/placement.js';
 
 // ---- rotary embedding ------------------------------------------------------------------
@@ -123,8 +123,20 @@ export interface LayerRouting {
   routing: Routing;
 }
 
+/** A model that is not a Hugging Face folder (a GGUF file): its config and its weights by HF name. */
+export interface ModelSource {
+  /** Named in messages (the file). */
+  label: string;
+  cfg: DeepseekConfig;
+  weights: WeightSource;
+}
+
 export interface LoadOptions {
   placement?: Placement;
+  /** Pack projection weights on load (`--quantize`). */
+  quantize?: QuantizeType | null;
+  /** Where load notes go (format conversions); default stderr. */
+  log?: (line: string) => void;
   /** Called after each layer is uploaded (for progress display). */
   onProgress?: (done: number, total: number) => void;
 }
@@ -182,14 +194,22 @@ export class DeepseekModel {
   }
 
   /** Reads and uploads every weight, layer by layer, onto the placement's backends. */
-  static load(ckpt: Checkpoint, backendOrOpts: Backend | LoadOptions, maybeOpts: LoadOptions = {}): DeepseekModel {
+  static load(src: Checkpoint | ModelSource, backendOrOpts: Backend | LoadOptions, maybeOpts: LoadOptions = {}): DeepseekModel {
     const opts = 'info' in backendOrOpts ? { ...maybeOpts, placement: maybeOpts.placement ?? Placement.single(backendOrOpts) } : backendOrOpts;
-    const cfg = DeepseekModel.checkCheckpoint(ckpt);
+    let cfg: DeepseekConfig, r: WeightSource;
+    if ('weights' in src) {
+      ({ cfg, weights: r } = src);
+      for (const [name, shape] of expectedTensors(cfg, true, (n) => r.has(n))) r.check(name, shape);
+    } else {
+      cfg = DeepseekModel.checkCheckpoint(src);
+      r = new WeightReader(src, cfg.weightBlockSize);
+    }
     const placement = opts.placement!;
     const m = new DeepseekModel(cfg, placement);
-    const r = new WeightReader(ckpt, cfg.weightBlockSize);
+    // Each weight as read is packed (--quantize) or converted (formats the backend lacks) before upload.
+    const prep = new WeightPreparer({ quantize: opts.quantize, log: opts.log });
     const up = (b: Backend, name: string, shape: number[]) => {
-      const dw = b.uploadWeight(r.read(name, shape));
+      const dw = b.uploadWeight(prep.load(b, name, shape, r));
       m.weightBytes.set(b, (m.weightBytes.get(b) ?? 0) + dw.bytes);
       return dw;
     };

@@ -6,7 +6,7 @@
  */
 import type {
   AttentionBatch, Backend, DeviceInfo, DeviceWeight, ExpertWeights, HostWeight, KVPool,
-  MlaShape, RouterConfig, Routing, Tensor,
+  MlaShape, RouterConfig, Routing, Tensor, WeightFormat,
 } from '../backend.js';
 import { dequantRow, weightBytes } from './dequant.js';
 
@@ -134,6 +134,11 @@ export class CpuBackend implements Backend {
   private scratchFor(n: number): Float32Array {
     if (this.scratch.length < n) this.scratch = new Float32Array(n);
     return this.scratch;
+  }
+
+  /** Every format: each is decoded a row at a time by dequantRow. */
+  supportsFormat(_format: WeightFormat): boolean {
+    return true;
   }
 
   uploadWeight(hw: HostWeight): DeviceWeight {

@@ -5,6 +5,7 @@
  */
 import type { HostWeight } from '../backend.js';
 import { e4m3Table32, f16Table32 } from '../../formats/safetensors.js';
+import { dequantizeRow, PACKED_FORMATS } from '../../formats/quant.js';
 
 /** e4m3fn codes as float32 (the format module owns the decode tables). */
 const E4M3_TABLE: Float32Array = e4m3Table32();
@@ -45,6 +46,15 @@ export function dequantRow(w: HostWeight, r: number, out: Float32Array, outOffse
         const end = Math.min(cols, c0 + bc);
         for (let c = c0; c < end; c++) out[outOffset + c] = E4M3_TABLE[src[base + c]] * s;
       }
+      return;
+    }
+    case 'q8_0':
+    case 'q4_0':
+    case 'q4_k':
+    case 'q6_k': {
+      // Blocks are decoded as ggml's dequantize_row_* does (float32 results, same rounding).
+      const spec = PACKED_FORMATS[w.format];
+      dequantizeRow(w.format, w.data as Uint8Array, (r * cols / spec.block) * spec.bytes, cols, out, outOffset);
       return;
     }
   }
