@@ -3,11 +3,12 @@ import { UserError } from '../errors.js';
 import type { Backend } from './backend.js';
 import { CpuBackend } from './cpu/cpu-backend.js';
 
-export const DEVICE_NAMES = ['cpu', 'webgpu', 'auto'] as const;
+export const DEVICE_NAMES = ['cpu', 'cpu-ref', 'webgpu', 'auto'] as const;
 
 /**
  * Creates the backend for a --device value.
- * - `cpu`: the TypeScript reference backend.
+ * - `cpu`: WebAssembly SIMD kernels on all cores when they load, else the reference.
+ * - `cpu-ref`: the TypeScript reference backend (what the conformance suite trusts).
  * - `webgpu`: WGSL kernels through Dawn (the `webgpu` package) on any adapter, software
  *   ones (Mesa lavapipe) included; a user error when there is none.
  * - `auto`: webgpu on a hardware adapter, else cpu. Software adapters are not picked (they
@@ -17,6 +18,8 @@ export const DEVICE_NAMES = ['cpu', 'webgpu', 'auto'] as const;
 export async function createBackend(device: string): Promise<Backend> {
   switch (device) {
     case 'cpu':
+      return fastCpu();
+    case 'cpu-ref':
       return new CpuBackend();
     case 'webgpu': {
       const { WebGpuBackend } = await import('./webgpu/webgpu-backend.js');
@@ -27,10 +30,16 @@ export async function createBackend(device: string): Promise<Backend> {
       }
     }
     case 'auto':
-      return (await hardwareWebGpu()) ?? new CpuBackend();
+      return (await hardwareWebGpu()) ?? (await fastCpu());
     default:
       throw new UserError(`unknown device "${device}" (choose from: ${DEVICE_NAMES.join(', ')})`, '--device');
   }
+}
+
+/** The fast CPU backend when its kernels load (built by scripts/build-wasm.js), else the TypeScript reference. */
+async function fastCpu(threads?: number): Promise<Backend> {
+  const { SimdCpuBackend, simdCpuAvailable } = await import('./cpu-simd/simd-backend.js');
+  return simdCpuAvailable() ? SimdCpuBackend.create({ threads }) : new CpuBackend();
 }
 
 /** A WebGPU backend on a hardware adapter, or null (quietly) when there is none. */

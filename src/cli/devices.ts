@@ -36,7 +36,7 @@ export async function devicesReport(): Promise<DevicesReport> {
 
 function formatReport(r: DevicesReport): string {
   const out: string[] = [];
-  out.push(`cpu       TypeScript reference backend: ${r.cpu.model}, ${r.cpu.cores} cores, ${bytes(r.cpu.memoryBytes)} memory`);
+  out.push(`cpu       WebAssembly SIMD kernels on ${r.cpu.cores} threads (cpu-ref: the TypeScript reference): ${r.cpu.model}, ${bytes(r.cpu.memoryBytes)} memory`);
   if (!r.webgpu.adapters.length) out.push(`webgpu    unavailable: ${r.webgpu.unavailable}`);
   r.webgpu.adapters.forEach((a, i) => {
     const name = a.description || [a.vendor, a.device].filter(Boolean).join(' ') || 'unknown adapter';

@@ -10,7 +10,7 @@ export function registerGolden(program: Command): void {
     .command('golden')
     .description('check prefill, decode and MTP logits against golden.safetensors')
     .argument('<fixture-dir>', 'folder with a checkpoint (or model.gguf), golden.json and golden.safetensors')
-    .option('--device <name>', 'cpu | webgpu | auto (a hardware GPU if one is found, else cpu)', 'auto')
+    .option('--device <name>', 'cpu | cpu-ref | webgpu | auto (a hardware GPU if one is found, else cpu)', 'auto')
     .option('--quantize <type>', 'pack projection weights on load: q8_0 | q4_k', quantizeOption)
     .option('--tolerance <t>', `largest allowed max |diff| (default ${GOLDEN_TOLERANCE})`, (v: string) => {
       const n = Number(v);

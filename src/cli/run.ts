@@ -45,7 +45,7 @@ export function addGenerationOptions(cmd: Command, defaultMaxTokens: number): Co
     .option('--stop <text>', 'stop string (repeatable)', (v: string, acc: string[]) => [...acc, v], [] as string[])
     .option('--ignore-eos', 'keep generating past end-of-sequence (up to --max-tokens)')
     .option('--speculative <method>', 'speculative decoding with the checkpoint\'s MTP head: mtp')
-    .option('--device <name>', 'cpu | webgpu | auto (a hardware GPU if one is found, else cpu)', 'auto')
+    .option('--device <name>', 'cpu | cpu-ref | webgpu | auto (a hardware GPU if one is found, else cpu)', 'auto')
     .option('--max-context <n>', 'context length to size the KV cache for', intOption(2))
     .option('--quantize <type>', 'pack projection weights on load: q8_0 | q4_k (llama.cpp block formats)', quantizeOption);
 }

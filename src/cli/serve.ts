@@ -57,7 +57,7 @@ export function registerServe(program: Command): void {
       if (v !== 'mtp') throw new InvalidArgumentError('the only method is "mtp"');
       return v;
     })
-    .option('--device <name>', 'cpu | webgpu | auto (a hardware GPU if one is found, else cpu)', 'auto')
+    .option('--device <name>', 'cpu | cpu-ref | webgpu | auto (a hardware GPU if one is found, else cpu)', 'auto')
     .option('--served-model-name <name>', 'model name clients send (default: the model folder\'s name)')
     .option('--max-body-mb <m>', `largest request body in MiB (default ${DEFAULT_MAX_BODY_BYTES / 2 ** 20})`, numberOption)
     .option('--shutdown-timeout <s>', 'seconds to let running requests finish on SIGINT/SIGTERM', numberOption, SHUTDOWN_GRACE_S)

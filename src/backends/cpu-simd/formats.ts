@@ -1,0 +1,80 @@
+/**
+ * The per-format kernel table of the fast CPU backend. A weight whose format has an entry here
+ * (and that the entry accepts) is computed on by the wasm kernels; any other weight stays with
+ * the TypeScript reference code (CpuBackend), op by op. Adding a packed format (q8_0, q4_k, ...)
+ * means: a decoder or kernels in kernels.as, their names in protocol.ts KERNELS, an entry here.
+ */
+import type { HostWeight, WeightFormat } from '../backend.js';
+import type { KernelName } from './protocol.js';
+
+export interface FormatKernels {
+  /** matmul(x, xs, n, w, k, r0, r1, out, os, scales, blockRows, blockCols). */
+  matmul: KernelName;
+  /** Absorbed MLA with kv_b in this format. */
+  mla: KernelName;
+  /** rmsNorm with the norm weight in this format. */
+  rmsnorm?: KernelName;
+}
+
+interface FormatEntry {
+  /** Kernels for this weight, or null when it must use the reference code. */
+  pick(w: HostWeight): FormatKernels | null;
+}
+
+/**
+ * Subnormal codes above this fraction select the subnormal-safe decoders: the fast ones touch a
+ * float32 denormal per subnormal code, which x86 handles in microcode (~100 cycles each), and
+ * the safe ones cost a few more instructions per weight. Real checkpoints have very few
+ * subnormal codes (a block's scale puts its largest value near the top of the range).
+ */
+const SUBNORMAL_FRACTION = 1 / 2048;
+
+const f16: { fast: FormatKernels; safe: FormatKernels } = {
+  fast: { matmul: 'matmul_f16', mla: 'mla_f16', rmsnorm: 'rmsnorm_f16' },
+  safe: { matmul: 'matmul_f16s', mla: 'mla_f16s', rmsnorm: 'rmsnorm_f16s' },
+};
+const fp8: { fast: FormatKernels; safe: FormatKernels } = {
+  fast: { matmul: 'matmul_fp8', mla: 'mla_fp8' },
+  safe: { matmul: 'matmul_fp8s', mla: 'mla_fp8s' },
+};
+
+export const FORMAT_KERNELS: Partial<Record<WeightFormat, FormatEntry>> = {
+  f32: { pick: () => ({ matmul: 'matmul_f32', mla: 'mla_f32', rmsnorm: 'rmsnorm_f32' }) },
+  bf16: { pick: () => ({ matmul: 'matmul_bf16', mla: 'mla_bf16', rmsnorm: 'rmsnorm_bf16' }) },
+  f16: {
+    pick(w) {
+      // Exponent 31 (inf, NaN) is not decoded by the kernels; subnormals: exponent 0, mantissa != 0.
+      const d = w.data as Uint16Array;
+      let sub = 0;
+      for (let i = 0; i < d.length; i++) {
+        const e = d[i] & 0x7c00;
+        if (e === 0x7c00) return null;
+        if (e === 0 && (d[i] & 0x3ff) !== 0) sub++;
+      }
+      return sub > d.length * SUBNORMAL_FRACTION ? f16.safe : f16.fast;
+    },
+  },
+  fp8_e4m3_block: {
+    pick(w) {
+      const br = w.blockRows, bc = w.blockCols;
+      if (!w.scales || !br || !bc || br < 1 || bc < 1) return null;
+      if (w.scales.length < Math.ceil(w.rows / br) * Math.ceil(w.cols / bc)) return null;
+      // e4m3fn NaN (0x7f, 0xff) is not decoded by the kernels; subnormals: exponent 0, mantissa != 0.
+      const d = w.data as Uint8Array;
+      let sub = 0;
+      for (let i = 0; i < d.length; i++) {
+        const m = d[i] & 0x7f;
+        if (m === 0x7f) return null;
+        if (m !== 0 && m < 8) sub++;
+      }
+      return sub > d.length * SUBNORMAL_FRACTION ? fp8.safe : fp8.fast;
+    },
+  },
+};
+
+/** The kernels for a weight, or null when it must use the reference code. */
+export function kernelsFor(w: HostWeight): FormatKernels | null {
+  const entry = FORMAT_KERNELS[w.format];
+  if (!entry || w.data.length !== w.rows * w.cols) return null;
+  return entry.pick(w);
+}

@@ -1,0 +1,595 @@
+/**
+ * shoal's fast CPU kernels: WebAssembly SIMD128, written in AssemblyScript.
+ *
+ * This file is AssemblyScript, not TypeScript (hence `.as`, so that tsc leaves it alone);
+ * scripts/build-wasm.js compiles it into dist/src/backends/cpu-simd/kernels.wasm.
+ * The host side is simd-backend.ts; docs/backends.md ("Fast CPU backend") explains the design.
+ *
+ * Conventions
+ * - One shared WebAssembly.Memory is imported; every pointer is a byte offset into it.
+ *   Strides are in elements (floats), not bytes.
+ * - Every exported kernel ends with (part, parts): the op is cut into `parts` chunks that
+ *   threads claim (protocol.ts), and a call computes only chunk `part` (shareLo/shareHi),
+ *   writing outputs no other chunk writes. parts = 1 is the whole op.
+ * - Weight formats are chosen at compile time by a marker type (see below). Generic kernels
+ *   are instantiated once per format and exported as `<name>_<format>`.
+ *   A new format (q8_0, q4_k, ...) adds its own decoder (or its own kernels) and exports;
+ *   the host's per-format table (formats.ts) names them.
+ * - No allocation, no runtime, no data segments: the host owns all memory.
+ */
+
+// ---- format markers and decoders ---------------------------------------------------------
+//
+// A marker is a type used only to pick code at compile time (predicates below):
+//   f32  f32            u16  bf16           i16  f16 (fast)      i32  f16 (subnormal-safe)
+//   u8   e4m3 (fast)    i8   e4m3 (subnormal-safe)
+// The fast decoders place the code's bits into float32 fields and multiply by a power of two;
+// for subnormal codes that multiplies a float32 denormal, which x86 cores handle in microcode
+// (a hundred cycles or more). Weights with more than a few subnormal codes (formats.ts counts
+// them at upload) use the safe decoders, which rebias the exponent in integer arithmetic and
+// correct subnormals with one exact subtraction of normal numbers.
+
+type BF16 = u16;
+type F16 = i16;
+type F16S = i32;
+type FP8 = u8;
+type FP8S = i8;
+
+// @ts-ignore: decorator
+@inline function isFp8<F>(): bool { return sizeof<F>() == 1; }
+// @ts-ignore: decorator
+@inline function isBf16<F>(): bool { return sizeof<F>() == 2 && !isSigned<F>(); }
+// @ts-ignore: decorator
+@inline function isF16<F>(): bool { return (sizeof<F>() == 2 && isSigned<F>()) || (sizeof<F>() == 4 && !isFloat<F>()); }
+// @ts-ignore: decorator
+@inline function isSafe<F>(): bool { return (sizeof<F>() == 4 && !isFloat<F>()) || (sizeof<F>() == 1 && isSigned<F>()); }
+/** Bytes per packed element. */
+// @ts-ignore: decorator
+@inline function esize<F>(): usize { return isFloat<F>() ? 4 : isFp8<F>() ? 1 : 2; }
+
+/** 2^112: moves an f16 exponent (bias 15) into float32's (bias 127). */
+const F16_REBIAS: f32 = reinterpret<f32>(0x77800000);
+/** 2^120: the same for e4m3 (bias 7). */
+const FP8_REBIAS: f32 = reinterpret<f32>(0x7b800000);
+/** Keeps sign (bit 31) and exponent|mantissa (bits 27..13) of a sign-extended f16 shifted left by 13. */
+const F16_MASK: i32 = <i32>0x8fffe000;
+/** Keeps sign (bit 31) and exponent|mantissa (bits 26..20) of a sign-extended e4m3 byte shifted left by 20. */
+const FP8_MASK: i32 = <i32>0x87f00000;
+
+/**
+ * Safe decode of sign-extended codes c (i32 lanes) whose exponent|mantissa, shifted left by
+ * `shift`, lands in float32's fields: rebias the exponent by `rebias`; a subnormal code (zero
+ * exponent, `expMask`) is decoded as if its exponent were 1, then that implicit one (`one`, a
+ * normal float) is subtracted: exact, and no denormal is ever touched.
+ */
+// @ts-ignore: decorator
+@inline function safeDecode(c: v128, shift: i32, emMask: i32, expMask: i32, rebias: i32, one: i32): v128 {
+  const t = v128.and(i32x4.shl(c, shift), i32x4.splat(emMask));
+  const sub = i32x4.eq(v128.and(c, i32x4.splat(expMask)), i32x4.splat(0));
+  const biased = i32x4.add(i32x4.add(t, i32x4.splat(rebias << 23)), v128.and(sub, i32x4.splat(1 << 23)));
+  const mag = f32x4.sub(biased, v128.and(sub, i32x4.splat(one)));
+  return v128.or(mag, v128.and(c, i32x4.splat(<i32>0x80000000)));
+}
+
+/**
+ * Four consecutive weights starting at byte address p, decoded to float32 in registers.
+ * bf16 is the top half of a float32; f16 and e4m3 are placed into float32's bit fields and
+ * rebiased (exact). fp8 block scales are applied by the caller, per block.
+ */
+// @ts-ignore: decorator
+@inline function w4<F>(p: usize): v128 {
+  if (isFloat<F>()) return v128.load(p);
+  if (isBf16<F>()) return i32x4.shl(v128.load16x4_u(p), 16);
+  if (isF16<F>()) {
+    const h = v128.load16x4_s(p);
+    if (isSafe<F>()) return safeDecode(h, 13, 0x0fffe000, 0x7c00, 112, 0x38800000 /* 2^-14 */);
+    return f32x4.mul(v128.and(i32x4.shl(h, 13), i32x4.splat(F16_MASK)), f32x4.splat(F16_REBIAS));
+  }
+  const b = i32x4.extend_low_i16x8_s(i16x8.extend_low_i8x16_s(v128.load32_zero(p)));
+  if (isSafe<F>()) return safeDecode(b, 20, 0x07f00000, 0x78, 120, 0x3c800000 /* 2^-6 */);
+  return f32x4.mul(v128.and(i32x4.shl(b, 20), i32x4.splat(FP8_MASK)), f32x4.splat(FP8_REBIAS));
+}
+
+/** One weight at byte address p (the scalar twin of w4, for row tails). */
+// @ts-ignore: decorator
+@inline function w1<F>(p: usize): f32 {
+  if (isFloat<F>()) return load<f32>(p);
+  if (isBf16<F>()) return reinterpret<f32>(<u32>load<u16>(p) << 16);
+  if (isF16<F>()) return reinterpret<f32>((<i32>load<i16>(p) << 13) & F16_MASK) * F16_REBIAS;
+  return reinterpret<f32>((<i32>load<i8>(p) << 20) & FP8_MASK) * FP8_REBIAS;
+}
+
+// ---- small helpers -------------------------------------------------------------------------
+
+/** First index of this part's share of [lo, hi), shares rounded up to a multiple of `align`. */
+// @ts-ignore: decorator
+@inline function shareLo(lo: i32, hi: i32, align: i32, part: i32, parts: i32): i32 {
+  const per = (((hi - lo + parts - 1) / parts + align - 1) / align) * align;
+  return min(hi, lo + part * per);
+}
+// @ts-ignore: decorator
+@inline function shareHi(lo: i32, hi: i32, align: i32, part: i32, parts: i32): i32 {
+  const per = (((hi - lo + parts - 1) / parts + align - 1) / align) * align;
+  return min(hi, lo + (part + 1) * per);
+}
+
+// @ts-ignore: decorator
+@inline function hsum(v: v128): f32 {
+  return f32x4.extract_lane(v, 0) + f32x4.extract_lane(v, 1) + f32x4.extract_lane(v, 2) + f32x4.extract_lane(v, 3);
+}
+
+// @ts-ignore: decorator
+@inline function fptr(base: usize, i: i32): usize { return base + (<usize>i << 2); }
+
+/** Σ a[i]·b[i] over float32 arrays. */
+function dot(a: usize, b: usize, len: i32): f32 {
+  let s0 = f32x4.splat(0), s1 = f32x4.splat(0), s2 = f32x4.splat(0), s3 = f32x4.splat(0);
+  let i = 0;
+  for (; i + 16 <= len; i += 16) {
+    s0 = f32x4.add(s0, f32x4.mul(v128.load(fptr(a, i)), v128.load(fptr(b, i))));
+    s1 = f32x4.add(s1, f32x4.mul(v128.load(fptr(a, i + 4)), v128.load(fptr(b, i + 4))));
+    s2 = f32x4.add(s2, f32x4.mul(v128.load(fptr(a, i + 8)), v128.load(fptr(b, i + 8))));
+    s3 = f32x4.add(s3, f32x4.mul(v128.load(fptr(a, i + 12)), v128.load(fptr(b, i + 12))));
+  }
+  for (; i + 4 <= len; i += 4) s0 = f32x4.add(s0, f32x4.mul(v128.load(fptr(a, i)), v128.load(fptr(b, i))));
+  let t: f32 = 0;
+  for (; i < len; i++) t += load<f32>(fptr(a, i)) * load<f32>(fptr(b, i));
+  return hsum(f32x4.add(f32x4.add(s0, s1), f32x4.add(s2, s3))) + t;
+}
+
+/** y[i] += a · x[i]. */
+function axpy(y: usize, a: f32, x: usize, len: i32): void {
+  const av = f32x4.splat(a);
+  let i = 0;
+  for (; i + 4 <= len; i += 4) v128.store(fptr(y, i), f32x4.add(v128.load(fptr(y, i)), f32x4.mul(av, v128.load(fptr(x, i)))));
+  for (; i < len; i++) store<f32>(fptr(y, i), load<f32>(fptr(y, i)) + a * load<f32>(fptr(x, i)));
+}
+
+function zero(p: usize, len: i32): void {
+  memory.fill(p, 0, <usize>len << 2);
+}
+
+/**
+ * e^x for four floats (Cephes expf: range reduction by ln 2, degree-6 polynomial, 2^n through
+ * the exponent bits). Relative error about 2e-7. x is clamped to [-87.3, 88.4], so the result
+ * never overflows to infinity nor falls into denormals.
+ */
+// @ts-ignore: decorator
+@inline function vexp(x: v128): v128 {
+  x = f32x4.max(f32x4.min(x, f32x4.splat(88.3762626647949)), f32x4.splat(-87.3365478515625));
+  const n = f32x4.nearest(f32x4.mul(x, f32x4.splat(1.44269504088896341)));
+  let r = f32x4.sub(x, f32x4.mul(n, f32x4.splat(0.693359375)));
+  r = f32x4.sub(r, f32x4.mul(n, f32x4.splat(-2.12194440e-4)));
+  let y = f32x4.splat(1.9875691500e-4);
+  y = f32x4.add(f32x4.mul(y, r), f32x4.splat(1.3981999507e-3));
+  y = f32x4.add(f32x4.mul(y, r), f32x4.splat(8.3334519073e-3));
+  y = f32x4.add(f32x4.mul(y, r), f32x4.splat(4.1665795894e-2));
+  y = f32x4.add(f32x4.mul(y, r), f32x4.splat(1.6666665459e-1));
+  y = f32x4.add(f32x4.mul(y, r), f32x4.splat(5.0000001201e-1));
+  y = f32x4.add(f32x4.add(f32x4.mul(f32x4.mul(y, r), r), r), f32x4.splat(1));
+  const e = i32x4.shl(i32x4.add(i32x4.trunc_sat_f32x4_s(n), i32x4.splat(127)), 23);
+  return f32x4.mul(y, e);
+}
+
+// @ts-ignore: decorator
+@inline function exp1(x: f32): f32 { return f32x4.extract_lane(vexp(f32x4.splat(x)), 0); }
+
+// ---- matmul --------------------------------------------------------------------------------
+//
+// out[i, r - r0] = Σ_c x[i, c] · w(r, c) for rows r in [r0, r1), tokens i < n.
+// Weights are decoded in registers, four at a time (w4). fp8 rows are summed per column block
+// and each block sum multiplied by its scale. Three register-blocked micro-kernels:
+//   4 rows × 1 token  (decode, n = 1: one load of x serves four rows)
+//   1 row  × 4 tokens (batches: one decoded weight serves four tokens)
+//   1 row  × 1 token  (edges)
+// Tokens are processed in panels so a panel of x stays in cache while the rows stream by;
+// the 4 rows of a row block stay in L1 across the token blocks of a panel.
+
+/** Tokens per panel: 32 rows of x of up to 2048 floats = 256 KiB, about an L2. */
+const TOKEN_PANEL: i32 = 32;
+
+/** Pointer to the scale row of weight row r (fp8), or 0. */
+// @ts-ignore: decorator
+@inline function scaleRow<F>(sc: usize, r: i32, br: i32, scaleCols: i32): usize {
+  return isFp8<F>() ? sc + (<usize>((r / br) * scaleCols) << 2) : 0;
+}
+
+// @ts-ignore: decorator
+@inline function blockScale<F>(srow: usize, c0: i32, bc: i32): f32 {
+  return isFp8<F>() ? load<f32>(srow + (<usize>(c0 / bc) << 2)) : 1;
+}
+
+/** One row · one token. */
+// @ts-ignore: decorator
+@inline function dot1x1<F>(x: usize, w: usize, k: i32, srow: usize, bc: i32): f32 {
+  const es = esize<F>();
+  let acc = f32x4.splat(0);
+  let tail: f32 = 0;
+  for (let c0 = 0; c0 < k; c0 += bc) {
+    const c1 = min(k, c0 + bc);
+    let a0 = f32x4.splat(0), a1 = f32x4.splat(0), a2 = f32x4.splat(0), a3 = f32x4.splat(0);
+    let t: f32 = 0;
+    let c = c0;
+    for (; c + 16 <= c1; c += 16) {
+      a0 = f32x4.add(a0, f32x4.mul(v128.load(fptr(x, c)), w4<F>(w + <usize>c * es)));
+      a1 = f32x4.add(a1, f32x4.mul(v128.load(fptr(x, c + 4)), w4<F>(w + <usize>(c + 4) * es)));
+      a2 = f32x4.add(a2, f32x4.mul(v128.load(fptr(x, c + 8)), w4<F>(w + <usize>(c + 8) * es)));
+      a3 = f32x4.add(a3, f32x4.mul(v128.load(fptr(x, c + 12)), w4<F>(w + <usize>(c + 12) * es)));
+    }
+    for (; c + 4 <= c1; c += 4) a0 = f32x4.add(a0, f32x4.mul(v128.load(fptr(x, c)), w4<F>(w + <usize>c * es)));
+    for (; c < c1; c++) t += load<f32>(fptr(x, c)) * w1<F>(w + <usize>c * es);
+    const blk = f32x4.add(f32x4.add(a0, a1), f32x4.add(a2, a3));
+    if (isFp8<F>()) {
+      const s = blockScale<F>(srow, c0, bc);
+      acc = f32x4.add(acc, f32x4.mul(blk, f32x4.splat(s)));
+      tail += t * s;
+    } else {
+      acc = f32x4.add(acc, blk);
+      tail += t;
+    }
+  }
+  return hsum(acc) + tail;
+}
+
+/** Four rows · one token; results to out[0..3]. */
+// @ts-ignore: decorator
+@inline function dot4x1<F>(x: usize, w: usize, rowBytes: usize, k: i32, s0: usize, s1: usize, s2: usize, s3: usize, bc: i32, out: usize): void {
+  const es = esize<F>();
+  const w0 = w, wr1 = w + rowBytes, wr2 = w + 2 * rowBytes, wr3 = w + 3 * rowBytes;
+  let c0v = f32x4.splat(0), c1v = f32x4.splat(0), c2v = f32x4.splat(0), c3v = f32x4.splat(0);
+  let t0: f32 = 0, t1: f32 = 0, t2: f32 = 0, t3: f32 = 0;
+  for (let b0 = 0; b0 < k; b0 += bc) {
+    const b1 = min(k, b0 + bc);
+    let a0 = f32x4.splat(0), a1 = f32x4.splat(0), a2 = f32x4.splat(0), a3 = f32x4.splat(0);
+    let u0: f32 = 0, u1: f32 = 0, u2: f32 = 0, u3: f32 = 0;
+    let c = b0;
+    for (; c + 4 <= b1; c += 4) {
+      const xv = v128.load(fptr(x, c));
+      const o = <usize>c * es;
+      a0 = f32x4.add(a0, f32x4.mul(xv, w4<F>(w0 + o)));
+      a1 = f32x4.add(a1, f32x4.mul(xv, w4<F>(wr1 + o)));
+      a2 = f32x4.add(a2, f32x4.mul(xv, w4<F>(wr2 + o)));
+      a3 = f32x4.add(a3, f32x4.mul(xv, w4<F>(wr3 + o)));
+    }
+    for (; c < b1; c++) {
+      const xs = load<f32>(fptr(x, c));
+      const o = <usize>c * es;
+      u0 += xs * w1<F>(w0 + o); u1 += xs * w1<F>(wr1 + o); u2 += xs * w1<F>(wr2 + o); u3 += xs * w1<F>(wr3 + o);
+    }
+    if (isFp8<F>()) {
+      const q0 = blockScale<F>(s0, b0, bc), q1 = blockScale<F>(s1, b0, bc), q2 = blockScale<F>(s2, b0, bc), q3 = blockScale<F>(s3, b0, bc);
+      c0v = f32x4.add(c0v, f32x4.mul(a0, f32x4.splat(q0))); t0 += u0 * q0;
+      c1v = f32x4.add(c1v, f32x4.mul(a1, f32x4.splat(q1))); t1 += u1 * q1;
+      c2v = f32x4.add(c2v, f32x4.mul(a2, f32x4.splat(q2))); t2 += u2 * q2;
+      c3v = f32x4.add(c3v, f32x4.mul(a3, f32x4.splat(q3))); t3 += u3 * q3;
+    } else {
+      c0v = f32x4.add(c0v, a0); t0 += u0;
+      c1v = f32x4.add(c1v, a1); t1 += u1;
+      c2v = f32x4.add(c2v, a2); t2 += u2;
+      c3v = f32x4.add(c3v, a3); t3 += u3;
+    }
+  }
+  store<f32>(out, hsum(c0v) + t0);
+  store<f32>(out + 4, hsum(c1v) + t1);
+  store<f32>(out + 8, hsum(c2v) + t2);
+  store<f32>(out + 12, hsum(c3v) + t3);
+}
+
+/** One row · four tokens (x rows xsb bytes apart); results to out + t·osb. */
+// @ts-ignore: decorator
+@inline function dot1x4<F>(x: usize, xsb: usize, w: usize, k: i32, srow: usize, bc: i32, out: usize, osb: usize): void {
+  const es = esize<F>();
+  const x0 = x, x1 = x + xsb, x2 = x + 2 * xsb, x3 = x + 3 * xsb;
+  let c0v = f32x4.splat(0), c1v = f32x4.splat(0), c2v = f32x4.splat(0), c3v = f32x4.splat(0);
+  let t0: f32 = 0, t1: f32 = 0, t2: f32 = 0, t3: f32 = 0;
+  for (let b0 = 0; b0 < k; b0 += bc) {
+    const b1 = min(k, b0 + bc);
+    let a0 = f32x4.splat(0), a1 = f32x4.splat(0), a2 = f32x4.splat(0), a3 = f32x4.splat(0);
+    let u0: f32 = 0, u1: f32 = 0, u2: f32 = 0, u3: f32 = 0;
+    let c = b0;
+    for (; c + 4 <= b1; c += 4) {
+      const wv = w4<F>(w + <usize>c * es);
+      a0 = f32x4.add(a0, f32x4.mul(v128.load(fptr(x0, c)), wv));
+      a1 = f32x4.add(a1, f32x4.mul(v128.load(fptr(x1, c)), wv));
+      a2 = f32x4.add(a2, f32x4.mul(v128.load(fptr(x2, c)), wv));
+      a3 = f32x4.add(a3, f32x4.mul(v128.load(fptr(x3, c)), wv));
+    }
+    for (; c < b1; c++) {
+      const ws = w1<F>(w + <usize>c * es);
+      u0 += load<f32>(fptr(x0, c)) * ws; u1 += load<f32>(fptr(x1, c)) * ws;
+      u2 += load<f32>(fptr(x2, c)) * ws; u3 += load<f32>(fptr(x3, c)) * ws;
+    }
+    if (isFp8<F>()) {
+      const q = blockScale<F>(srow, b0, bc);
+      const qv = f32x4.splat(q);
+      c0v = f32x4.add(c0v, f32x4.mul(a0, qv)); t0 += u0 * q;
+      c1v = f32x4.add(c1v, f32x4.mul(a1, qv)); t1 += u1 * q;
+      c2v = f32x4.add(c2v, f32x4.mul(a2, qv)); t2 += u2 * q;
+      c3v = f32x4.add(c3v, f32x4.mul(a3, qv)); t3 += u3 * q;
+    } else {
+      c0v = f32x4.add(c0v, a0); t0 += u0;
+      c1v = f32x4.add(c1v, a1); t1 += u1;
+      c2v = f32x4.add(c2v, a2); t2 += u2;
+      c3v = f32x4.add(c3v, a3); t3 += u3;
+    }
+  }
+  store<f32>(out, hsum(c0v) + t0);
+  store<f32>(out + osb, hsum(c1v) + t1);
+  store<f32>(out + 2 * osb, hsum(c2v) + t2);
+  store<f32>(out + 3 * osb, hsum(c3v) + t3);
+}
+
+/**
+ * x [n, k] (row stride xs) times rows [r0, r1) of w [*, k] transposed; out points at the output
+ * column of row r0, row stride os. sc/br/bc: fp8 block scales and block shape (ignored otherwise).
+ * This part computes rows shareLo..shareHi of [r0, r1) (multiples of 4) for every token.
+ */
+// @ts-ignore: decorator
+@inline function matmul<F>(x: usize, xs: i32, n: i32, w: usize, k: i32, r0: i32, r1: i32, out: usize, os: i32,
+  sc: usize, br: i32, bc: i32, part: i32, parts: i32): void {
+  const a = shareLo(r0, r1, 4, part, parts), b = shareHi(r0, r1, 4, part, parts);
+  if (a >= b || k <= 0) return;
+  if (!isFp8<F>()) bc = k;
+  const scaleCols = (k + bc - 1) / bc;
+  const es = esize<F>();
+  const rowBytes = <usize>k * es;
+  const xsb = <usize>xs << 2, osb = <usize>os << 2;
+  for (let p0 = 0; p0 < n; p0 += TOKEN_PANEL) {
+    const p1 = min(n, p0 + TOKEN_PANEL);
+    for (let r = a; r < b; r += 4) {
+      const rn = min(4, b - r);
+      const wr = w + <usize>r * rowBytes;
+      const orow = out + (<usize>(r - r0) << 2);
+      let i = p0;
+      for (; i + 4 <= p1; i += 4) {
+        for (let j = 0; j < rn; j++) {
+          dot1x4<F>(x + <usize>i * xsb, xsb, wr + <usize>j * rowBytes, k, scaleRow<F>(sc, r + j, br, scaleCols), bc,
+            orow + <usize>i * osb + (<usize>j << 2), osb);
+        }
+      }
+      for (; i < p1; i++) {
+        const xi = x + <usize>i * xsb, oi = orow + <usize>i * osb;
+        if (rn == 4) {
+          dot4x1<F>(xi, wr, rowBytes, k, scaleRow<F>(sc, r, br, scaleCols), scaleRow<F>(sc, r + 1, br, scaleCols),
+            scaleRow<F>(sc, r + 2, br, scaleCols), scaleRow<F>(sc, r + 3, br, scaleCols), bc, oi);
+        } else {
+          for (let j = 0; j < rn; j++) {
+            store<f32>(oi + (<usize>j << 2), dot1x1<F>(xi, wr + <usize>j * rowBytes, k, scaleRow<F>(sc, r + j, br, scaleCols), bc));
+          }
+        }
+      }
+    }
+  }
+}
+
+export function matmul_f32(x: usize, xs: i32, n: i32, w: usize, k: i32, r0: i32, r1: i32, out: usize, os: i32, sc: usize, br: i32, bc: i32, part: i32, parts: i32): void {
+  matmul<f32>(x, xs, n, w, k, r0, r1, out, os, sc, br, bc, part, parts);
+}
+export function matmul_bf16(x: usize, xs: i32, n: i32, w: usize, k: i32, r0: i32, r1: i32, out: usize, os: i32, sc: usize, br: i32, bc: i32, part: i32, parts: i32): void {
+  matmul<BF16>(x, xs, n, w, k, r0, r1, out, os, sc, br, bc, part, parts);
+}
+export function matmul_f16(x: usize, xs: i32, n: i32, w: usize, k: i32, r0: i32, r1: i32, out: usize, os: i32, sc: usize, br: i32, bc: i32, part: i32, parts: i32): void {
+  matmul<F16>(x, xs, n, w, k, r0, r1, out, os, sc, br, bc, part, parts);
+}
+export function matmul_f16s(x: usize, xs: i32, n: i32, w: usize, k: i32, r0: i32, r1: i32, out: usize, os: i32, sc: usize, br: i32, bc: i32, part: i32, parts: i32): void {
+  matmul<F16S>(x, xs, n, w, k, r0, r1, out, os, sc, br, bc, part, parts);
+}
+export function matmul_fp8(x: usize, xs: i32, n: i32, w: usize, k: i32, r0: i32, r1: i32, out: usize, os: i32, sc: usize, br: i32, bc: i32, part: i32, parts: i32): void {
+  matmul<FP8>(x, xs, n, w, k, r0, r1, out, os, sc, br, bc, part, parts);
+}
+export function matmul_fp8s(x: usize, xs: i32, n: i32, w: usize, k: i32, r0: i32, r1: i32, out: usize, os: i32, sc: usize, br: i32, bc: i32, part: i32, parts: i32): void {
+  matmul<FP8S>(x, xs, n, w, k, r0, r1, out, os, sc, br, bc, part, parts);
+}
+
+// ---- row decode ------------------------------------------------------------------------------
+
+/** Row r of w [*, k] as float32 into dst (fp8: code · block scale, one rounding). */
+// @ts-ignore: decorator
+@inline function decodeRow<F>(w: usize, r: i32, k: i32, sc: usize, br: i32, bc: i32, dst: usize): void {
+  const es = esize<F>();
+  const wr = w + <usize>r * <usize>k * es;
+  if (!isFp8<F>()) bc = k;
+  const srow = scaleRow<F>(sc, r, br, (k + bc - 1) / bc);
+  for (let b0 = 0; b0 < k; b0 += bc) {
+    const b1 = min(k, b0 + bc);
+    const s = blockScale<F>(srow, b0, bc);
+    const sv = f32x4.splat(s);
+    let c = b0;
+    for (; c + 4 <= b1; c += 4) {
+      const v = w4<F>(wr + <usize>c * es);
+      v128.store(fptr(dst, c), isFp8<F>() ? f32x4.mul(v, sv) : v);
+    }
+    for (; c < b1; c++) store<f32>(fptr(dst, c), isFp8<F>() ? w1<F>(wr + <usize>c * es) * s : w1<F>(wr + <usize>c * es));
+  }
+}
+
+// ---- multi-head latent attention -----------------------------------------------------------
+
+/**
+ * Absorbed MLA over the paged latent cache (docs/backends.md, mlaAttention). A chunk is a
+ * range of heads and does every step for them, so chunks are independent.
+ *
+ * q [n, H·(nope+rope)]; kvb [H·(nope+vDim), R] (format F); cache: this layer's slots of W floats
+ * ([latent R | rope key]); tok: per token (i32 position, u32 pointer to its block table of i32);
+ * scratch: qAbs and lat [n, H, R], scores [H, maxLen], rowTmp [H, R]; out [n, H·vDim].
+ *   1. qAbs[i,h] = Σ_d q_nope[i,h,d] · W_UK[h,d,:]            (W_UK folded into the query)
+ *   2. s_p = (qAbs[i,h]·c_p + q_rope[i,h]·k_p) · scale, p ≤ pos_i; softmax; lat[i,h] = Σ_p w_p c_p
+ *   3. out[i,h,:] = W_UV[h] · lat[i,h]                       (one matmul per head)
+ * Step 2 reads each cached row once per token and scores all of the chunk's heads against it
+ * while it is in L1.
+ */
+// @ts-ignore: decorator
+@inline function mla<F>(q: usize, n: i32, H: i32, nope: i32, rope: i32, vDim: i32, R: i32, scale: f32,
+  kvb: usize, sc: usize, br: i32, bc: i32, cache: usize, W: i32, B: i32, tok: usize, maxLen: i32,
+  qAbs: usize, lat: usize, scores: usize, rowTmp: usize, out: usize, part: i32, parts: i32): void {
+  const h0 = shareLo(0, H, 1, part, parts), h1 = shareHi(0, H, 1, part, parts);
+  if (h0 >= h1) return;
+  const qs = nope + rope, qCols = H * qs, hs = nope + vDim;
+  const rowBytes = <usize>W << 2;
+
+  // 1. Absorb W_UK into the query.
+  for (let h = h0; h < h1; h++) {
+    for (let i = 0; i < n; i++) zero(fptr(qAbs, (i * H + h) * R), R);
+    const tmp = fptr(rowTmp, h * R);
+    for (let d = 0; d < nope; d++) {
+      decodeRow<F>(kvb, h * hs + d, R, sc, br, bc, tmp);
+      for (let i = 0; i < n; i++) {
+        const qv = load<f32>(fptr(q, i * qCols + h * qs + d));
+        if (qv != 0) axpy(fptr(qAbs, (i * H + h) * R), qv, tmp, R);
+      }
+    }
+  }
+
+  // 2. Scores, softmax and the weighted sum of latents, token by token.
+  for (let i = 0; i < n; i++) {
+    const len = load<i32>(tok + (<usize>i << 3)) + 1;
+    const table = <usize>load<u32>(tok + (<usize>i << 3) + 4);
+    for (let p = 0; p < len; p++) {
+      const slot = load<i32>(table + (<usize>(p / B) << 2)) * B + (p % B);
+      const row = cache + <usize>slot * rowBytes;
+      for (let h = h0; h < h1; h++) {
+        const s = dot(fptr(qAbs, (i * H + h) * R), row, R) + dot(fptr(q, i * qCols + h * qs + nope), fptr(row, R), rope);
+        store<f32>(fptr(scores, h * maxLen + p), s * scale);
+      }
+    }
+    for (let h = h0; h < h1; h++) {
+      softmax(fptr(scores, h * maxLen), len);
+      zero(fptr(lat, (i * H + h) * R), R);
+    }
+    for (let p = 0; p < len; p++) {
+      const slot = load<i32>(table + (<usize>(p / B) << 2)) * B + (p % B);
+      const row = cache + <usize>slot * rowBytes;
+      for (let h = h0; h < h1; h++) axpy(fptr(lat, (i * H + h) * R), load<f32>(fptr(scores, h * maxLen + p)), row, R);
+    }
+  }
+
+  // 3. Up-project with W_UV: rows h·hs + nope .. + vDim of kv_b.
+  for (let h = h0; h < h1; h++) {
+    matmul<F>(fptr(lat, h * R), H * R, n, kvb, R, h * hs + nope, h * hs + nope + vDim, fptr(out, h * vDim), H * vDim, sc, br, bc, 0, 1);
+  }
+}
+
+/** In place: p[0..len) = softmax(p[0..len)). */
+function softmax(p: usize, len: i32): void {
+  let mv = f32x4.splat(-Infinity);
+  let m: f32 = -Infinity;
+  let i = 0;
+  for (; i + 4 <= len; i += 4) mv = f32x4.max(mv, v128.load(fptr(p, i)));
+  for (; i < len; i++) m = max(m, load<f32>(fptr(p, i)));
+  m = max(max(max(f32x4.extract_lane(mv, 0), f32x4.extract_lane(mv, 1)), max(f32x4.extract_lane(mv, 2), f32x4.extract_lane(mv, 3))), m);
+  const mvv = f32x4.splat(m);
+  let sv = f32x4.splat(0);
+  let s: f32 = 0;
+  i = 0;
+  for (; i + 4 <= len; i += 4) {
+    const e = vexp(f32x4.sub(v128.load(fptr(p, i)), mvv));
+    v128.store(fptr(p, i), e);
+    sv = f32x4.add(sv, e);
+  }
+  for (; i < len; i++) {
+    const e = exp1(load<f32>(fptr(p, i)) - m);
+    store<f32>(fptr(p, i), e);
+    s += e;
+  }
+  const inv = f32x4.splat(1 / (hsum(sv) + s));
+  i = 0;
+  for (; i + 4 <= len; i += 4) v128.store(fptr(p, i), f32x4.mul(v128.load(fptr(p, i)), inv));
+  for (; i < len; i++) store<f32>(fptr(p, i), load<f32>(fptr(p, i)) * f32x4.extract_lane(inv, 0));
+}
+
+export function mla_f32(q: usize, n: i32, H: i32, nope: i32, rope: i32, vDim: i32, R: i32, scale: f32, kvb: usize, sc: usize, br: i32, bc: i32, cache: usize, W: i32, B: i32, tok: usize, maxLen: i32, qAbs: usize, lat: usize, scores: usize, rowTmp: usize, out: usize, part: i32, parts: i32): void {
+  mla<f32>(q, n, H, nope, rope, vDim, R, scale, kvb, sc, br, bc, cache, W, B, tok, maxLen, qAbs, lat, scores, rowTmp, out, part, parts);
+}
+export function mla_bf16(q: usize, n: i32, H: i32, nope: i32, rope: i32, vDim: i32, R: i32, scale: f32, kvb: usize, sc: usize, br: i32, bc: i32, cache: usize, W: i32, B: i32, tok: usize, maxLen: i32, qAbs: usize, lat: usize, scores: usize, rowTmp: usize, out: usize, part: i32, parts: i32): void {
+  mla<BF16>(q, n, H, nope, rope, vDim, R, scale, kvb, sc, br, bc, cache, W, B, tok, maxLen, qAbs, lat, scores, rowTmp, out, part, parts);
+}
+export function mla_f16(q: usize, n: i32, H: i32, nope: i32, rope: i32, vDim: i32, R: i32, scale: f32, kvb: usize, sc: usize, br: i32, bc: i32, cache: usize, W: i32, B: i32, tok: usize, maxLen: i32, qAbs: usize, lat: usize, scores: usize, rowTmp: usize, out: usize, part: i32, parts: i32): void {
+  mla<F16>(q, n, H, nope, rope, vDim, R, scale, kvb, sc, br, bc, cache, W, B, tok, maxLen, qAbs, lat, scores, rowTmp, out, part, parts);
+}
+export function mla_f16s(q: usize, n: i32, H: i32, nope: i32, rope: i32, vDim: i32, R: i32, scale: f32, kvb: usize, sc: usize, br: i32, bc: i32, cache: usize, W: i32, B: i32, tok: usize, maxLen: i32, qAbs: usize, lat: usize, scores: usize, rowTmp: usize, out: usize, part: i32, parts: i32): void {
+  mla<F16S>(q, n, H, nope, rope, vDim, R, scale, kvb, sc, br, bc, cache, W, B, tok, maxLen, qAbs, lat, scores, rowTmp, out, part, parts);
+}
+export function mla_fp8(q: usize, n: i32, H: i32, nope: i32, rope: i32, vDim: i32, R: i32, scale: f32, kvb: usize, sc: usize, br: i32, bc: i32, cache: usize, W: i32, B: i32, tok: usize, maxLen: i32, qAbs: usize, lat: usize, scores: usize, rowTmp: usize, out: usize, part: i32, parts: i32): void {
+  mla<FP8>(q, n, H, nope, rope, vDim, R, scale, kvb, sc, br, bc, cache, W, B, tok, maxLen, qAbs, lat, scores, rowTmp, out, part, parts);
+}
+export function mla_fp8s(q: usize, n: i32, H: i32, nope: i32, rope: i32, vDim: i32, R: i32, scale: f32, kvb: usize, sc: usize, br: i32, bc: i32, cache: usize, W: i32, B: i32, tok: usize, maxLen: i32, qAbs: usize, lat: usize, scores: usize, rowTmp: usize, out: usize, part: i32, parts: i32): void {
+  mla<FP8S>(q, n, H, nope, rope, vDim, R, scale, kvb, sc, br, bc, cache, W, B, tok, maxLen, qAbs, lat, scores, rowTmp, out, part, parts);
+}
+
+// ---- element-wise ------------------------------------------------------------------------
+
+/** Row-wise x / sqrt(mean(x²) + eps) · g, rows split between parts. g: one row of format F. */
+// @ts-ignore: decorator
+@inline function rmsnorm<F>(x: usize, out: usize, n: i32, d: i32, g: usize, eps: f32, part: i32, parts: i32): void {
+  const a = shareLo(0, n, 1, part, parts), b = shareHi(0, n, 1, part, parts);
+  const es = esize<F>();
+  for (let i = a; i < b; i++) {
+    const xi = fptr(x, i * d), oi = fptr(out, i * d);
+    const inv: f32 = 1 / Mathf.sqrt(dot(xi, xi, d) / <f32>d + eps);
+    const iv = f32x4.splat(inv);
+    let c = 0;
+    for (; c + 4 <= d; c += 4) v128.store(fptr(oi, c), f32x4.mul(f32x4.mul(v128.load(fptr(xi, c)), iv), w4<F>(g + <usize>c * es)));
+    for (; c < d; c++) store<f32>(fptr(oi, c), load<f32>(fptr(xi, c)) * inv * w1<F>(g + <usize>c * es));
+  }
+}
+export function rmsnorm_f32(x: usize, out: usize, n: i32, d: i32, g: usize, eps: f32, part: i32, parts: i32): void { rmsnorm<f32>(x, out, n, d, g, eps, part, parts); }
+export function rmsnorm_bf16(x: usize, out: usize, n: i32, d: i32, g: usize, eps: f32, part: i32, parts: i32): void { rmsnorm<BF16>(x, out, n, d, g, eps, part, parts); }
+export function rmsnorm_f16(x: usize, out: usize, n: i32, d: i32, g: usize, eps: f32, part: i32, parts: i32): void { rmsnorm<F16>(x, out, n, d, g, eps, part, parts); }
+export function rmsnorm_f16s(x: usize, out: usize, n: i32, d: i32, g: usize, eps: f32, part: i32, parts: i32): void { rmsnorm<F16S>(x, out, n, d, g, eps, part, parts); }
+
+/** out = a + b over len floats. */
+export function add(a: usize, b: usize, out: usize, len: i32, part: i32, parts: i32): void {
+  const lo = shareLo(0, len, 16, part, parts), hi = shareHi(0, len, 16, part, parts);
+  let i = lo;
+  for (; i + 4 <= hi; i += 4) v128.store(fptr(out, i), f32x4.add(v128.load(fptr(a, i)), v128.load(fptr(b, i))));
+  for (; i < hi; i++) store<f32>(fptr(out, i), load<f32>(fptr(a, i)) + load<f32>(fptr(b, i)));
+}
+
+// @ts-ignore: decorator
+@inline function silu4(g: v128): v128 {
+  return f32x4.div(g, f32x4.add(f32x4.splat(1), vexp(f32x4.neg(g))));
+}
+
+/** out = silu(g) · u over len floats. */
+export function swiglu(g: usize, u: usize, out: usize, len: i32, part: i32, parts: i32): void {
+  const lo = shareLo(0, len, 16, part, parts), hi = shareHi(0, len, 16, part, parts);
+  let i = lo;
+  for (; i + 4 <= hi; i += 4) v128.store(fptr(out, i), f32x4.mul(silu4(v128.load(fptr(g, i))), v128.load(fptr(u, i))));
+  for (; i < hi; i++) {
+    const gv = load<f32>(fptr(g, i));
+    store<f32>(fptr(out, i), (gv / (1 + exp1(-gv))) * load<f32>(fptr(u, i)));
+  }
+}
+
+/**
+ * out[r, c] = silu(g[r, c]) · u[r, c] for rows < rows and this part's share of columns [0, cols)
+ * (the same share as matmul's rows [0, cols)): fuses with the gate/up matmuls of an expert.
+ */
+export function swiglu_cols(g: usize, u: usize, out: usize, rows: i32, cols: i32, part: i32, parts: i32): void {
+  const lo = shareLo(0, cols, 4, part, parts), hi = shareHi(0, cols, 4, part, parts);
+  for (let r = 0; r < rows; r++) {
+    const o = r * cols;
+    let c = lo;
+    for (; c + 4 <= hi; c += 4) v128.store(fptr(out, o + c), f32x4.mul(silu4(v128.load(fptr(g, o + c))), v128.load(fptr(u, o + c))));
+    for (; c < hi; c++) {
+      const gv = load<f32>(fptr(g, o + c));
+      store<f32>(fptr(out, o + c), (gv / (1 + exp1(-gv))) * load<f32>(fptr(u, o + c)));
+    }
+  }
+}
+
+/**
+ * out[rows[j], c] += wts[j] · y[j, c] for j < cnt and this part's share of columns [0, cols)
+ * (the same share as matmul's rows [0, cols)): the weighted sum of an expert's outputs.
+ */
+export function scatter_add_cols(out: usize, y: usize, rows: usize, wts: usize, cnt: i32, cols: i32, part: i32, parts: i32): void {
+  const lo = shareLo(0, cols, 4, part, parts), hi = shareHi(0, cols, 4, part, parts);
+  for (let j = 0; j < cnt; j++) {
+    const o = load<i32>(rows + (<usize>j << 2)) * cols, yo = j * cols;
+    const wt = load<f32>(fptr(wts, j));
+    const wv = f32x4.splat(wt);
+    let c = lo;
+    for (; c + 4 <= hi; c += 4) v128.store(fptr(out, o + c), f32x4.add(v128.load(fptr(out, o + c)), f32x4.mul(wv, v128.load(fptr(y, yo + c)))));
+    for (; c < hi; c++) store<f32>(fptr(out, o + c), load<f32>(fptr(out, o + c)) + wt * load<f32>(fptr(y, yo + c)));
+  }
+}

@@ -1,0 +1,652 @@
+/**
+ * The fast CPU backend: WebAssembly SIMD128 kernels (kernels.as) on every core (pool.ts) over
+ * shared memory (shard.ts). A drop-in for CpuBackend, which it extends: the heavy ops (matmul,
+ * rmsNorm, add, swiglu, mlaAttention, moe) run in wasm; data movement, RoPE, the router and
+ * argmax stay in TypeScript but read and write the same shared memory; and a weight whose format
+ * has no kernels (formats.ts) is computed on by the reference code, op by op.
+ *
+ * Memory: weights are copied once, packed, into a shard at upload. Tensors are float32 blocks
+ * of a shard (a view plus an offset); each is freed when its handle is garbage collected
+ * (FinalizationRegistry), and op scratch is freed when the op returns. Since V8 cannot see how
+ * much shared memory dead handles hold, the backend asks for a collection after every
+ * `gcBudgetBytes` of new tensors (where `gc` can be had), which keeps the arena from growing
+ * between the engine's own collections.
+ *
+ * docs/backends.md, "Fast CPU backend", has the rationale and the numbers.
+ */
+import { readFileSync } from 'node:fs';
+import { availableParallelism } from 'node:os';
+import { fileURLToPath } from 'node:url';
+import v8 from 'node:v8';
+import { runInNewContext } from 'node:vm';
+import type {
+  AttentionBatch, DeviceInfo, DeviceWeight, ExpertWeights, HostWeight, KVPool, MlaShape, Routing, Tensor,
+} from '../backend.js';
+import { CpuBackend, CpuTensor } from '../cpu/cpu-backend.js';
+import { dequantRow, weightBytes } from '../cpu/dequant.js';
+import { kernelsFor, type FormatKernels } from './formats.js';
+import { KernelPool, type Group } from './pool.js';
+import { KERNEL_INDEX, type Command, type KernelName } from './protocol.js';
+import { MAX_SHARD_BYTES, Shard, alignUp } from './shard.js';
+
+export interface SimdCpuOptions {
+  /** Threads computing each op, the calling one included (default: os.availableParallelism()). */
+  threads?: number;
+  /** Largest shared memory (default and maximum 4 GiB); models beyond it use several. */
+  shardBytes?: number;
+  /** Work (multiply-adds) below which an op runs on the calling thread alone (default 32768). */
+  minParallelWork?: number;
+  /** New tensor bytes after which a garbage collection is requested (default 64 MiB; 0 = never). */
+  gcBudgetBytes?: number;
+  /**
+   * How long an idle thread spins before sleeping in Atomics.wait, in microseconds (default 20).
+   * Longer cuts the wake-up latency of back-to-back ops on an otherwise idle machine; shorter
+   * leaves the cores to other processes sooner.
+   */
+  spinMicros?: number;
+}
+
+// ---- the compiled kernels ----------------------------------------------------------------
+
+let compiled: WebAssembly.Module | null = null;
+
+/** The compiled kernels (dist/src/backends/cpu-simd/kernels.wasm, built by scripts/build-wasm.js). */
+export function kernelModule(): WebAssembly.Module {
+  if (!compiled) {
+    const url = new URL('./kernels.wasm', import.meta.url);
+    let bytes: Uint8Array<ArrayBuffer>;
+    try {
+      bytes = new Uint8Array(readFileSync(url));
+    } catch {
+      throw new Error(`the fast CPU kernels are not built: ${fileURLToPath(url)} is missing (npm run build)`);
+    }
+    compiled = new WebAssembly.Module(bytes);
+  }
+  return compiled;
+}
+
+/** Whether the fast CPU backend can run here (kernels built, SIMD and shared memory supported). */
+export function simdCpuAvailable(): boolean {
+  try {
+    kernelModule();
+    new WebAssembly.Memory({ initial: 1, maximum: 1, shared: true });
+    return true;
+  } catch {
+    return false;
+  }
+}
+
+// ---- GC nudging --------------------------------------------------------------------------
+
+type GcFn = (opts?: { type?: 'minor' | 'major' }) => void;
+let gcFn: GcFn | null | undefined;
+function forcedGc(): GcFn | null {
+  if (gcFn === undefined) {
+    gcFn = ((globalThis as { gc?: GcFn }).gc) ?? null;
+    if (!gcFn) {
+      try {
+        v8.setFlagsFromString('--expose-gc');
+        gcFn = runInNewContext('gc') as GcFn;
+      } catch {
+        gcFn = null;
+      }
+    }
+  }
+  return gcFn;
+}
+
+// ---- handles -------------------------------------------------------------------------------
+
+/** A tensor: rows × cols float32 at `ptr` in `shard` (`data` is a view of those bytes). */
+export class SimdTensor extends CpuTensor {
+  constructor(rows: number, cols: number, data: Float32Array, readonly shard: Shard, readonly ptr: number) {
+    super(rows, cols, data);
+  }
+}
+
+interface Placed {
+  ptr: number;
+  scalesPtr: number;
+}
+
+class SimdWeight implements DeviceWeight {
+  readonly name: string;
+  readonly format: HostWeight['format'];
+  readonly rows: number;
+  readonly cols: number;
+  readonly bytes: number;
+  /** fp8 block shape (0 otherwise). */
+  readonly br: number;
+  readonly bc: number;
+  /** Copies of the packed weight in other shards (kv_b for a pool elsewhere, norms), made once. */
+  readonly replicas = new Map<Shard, Placed>();
+  constructor(
+    /** The weight as the reference code reads it: views of the shard, or the caller's arrays when `kernels` is null. */
+    readonly host: HostWeight,
+    readonly kernels: FormatKernels | null,
+    readonly shard: Shard | null,
+    readonly ptr: number,
+    readonly scalesPtr: number,
+  ) {
+    this.name = host.name;
+    this.format = host.format;
+    this.rows = host.rows;
+    this.cols = host.cols;
+    this.bytes = weightBytes(host);
+    this.br = host.blockRows ?? 0;
+    this.bc = host.blockCols ?? 0;
+  }
+}
+
+class SimdKVPool implements KVPool {
+  readonly bytes: number;
+  /** Per layer: a view of its slots (the reference code's writeKV/copyBlocks use these). */
+  readonly data: Float32Array[] = [];
+  readonly shards: Shard[] = [];
+  readonly ptrs: number[] = [];
+  constructor(readonly layers: number, readonly numBlocks: number, readonly blockSize: number, readonly width: number) {
+    this.bytes = layers * numBlocks * blockSize * width * 4;
+  }
+}
+
+interface Held {
+  shard: Shard;
+  ptr: number;
+  bytes: number;
+}
+
+const K = KERNEL_INDEX;
+
+/** Shards are filled with weights and caches up to this fraction; the rest is for activations. */
+const WEIGHT_FILL = 0.875;
+
+// ---- the backend -------------------------------------------------------------------------
+
+export class SimdCpuBackend extends CpuBackend {
+  override readonly info: DeviceInfo;
+  readonly threads: number;
+  private readonly module: WebAssembly.Module;
+  private readonly pool: KernelPool;
+  private readonly shardBytes: number;
+  private readonly minParallelWork: number;
+  private readonly gcBudget: number;
+  private shards: Shard[] = [];
+  private temps: Held[] = [];
+  private disposed = false;
+  private sinceGc = 0;
+  private gcCount = 0;
+  private readonly registry = new FinalizationRegistry<Held>((h) => this.release(h));
+
+  /** Creates the backend and waits until its worker threads are up. */
+  static async create(opts: SimdCpuOptions = {}): Promise<SimdCpuBackend> {
+    const b = new SimdCpuBackend(opts);
+    await b.ready();
+    return b;
+  }
+
+  /** Usable at once: ops run on the calling thread until the workers are up. */
+  constructor(opts: SimdCpuOptions = {}) {
+    super();
+    this.module = kernelModule();
+    this.threads = Math.max(1, Math.floor(opts.threads ?? availableParallelism()));
+    this.shardBytes = Math.min(MAX_SHARD_BYTES, opts.shardBytes ?? MAX_SHARD_BYTES);
+    this.minParallelWork = opts.minParallelWork ?? 32768;
+    this.gcBudget = opts.gcBudgetBytes ?? 64 << 20;
+    const first = new Shard(0, this.shardBytes);
+    this.shards.push(first);
+    this.pool = new KernelPool(this.module, this.threads, [first.memory], opts.spinMicros);
+    this.info = { name: `cpu (WebAssembly SIMD, ${this.threads} thread${this.threads > 1 ? 's' : ''})`, kind: 'cpu' };
+  }
+
+  /** Resolves once every worker thread is ready. */
+  async ready(): Promise<void> {
+    await this.pool.whenReady();
+  }
+
+  /** Threads taking part in parallel ops right now. */
+  get activeThreads(): number {
+    return this.pool.activeThreads;
+  }
+
+  /** Bytes of shared memory in use, over all shards. */
+  get sharedBytes(): number {
+    return this.shards.reduce((a, s) => a + s.used, 0);
+  }
+
+  // ---- memory ------------------------------------------------------------------------------
+
+  private newShard(): Shard {
+    const s = new Shard(this.shards.length, this.shardBytes);
+    this.shards.push(s);
+    this.pool.addShard(s.memory);
+    return s;
+  }
+
+  /** A shard with room for `bytes` more (weights keep some room free in every shard). */
+  private shardWithRoom(bytes: number, forWeights: boolean): Shard {
+    const last = this.shards[this.shards.length - 1];
+    const limit = forWeights ? last.maxBytes * WEIGHT_FILL : last.maxBytes;
+    if (last.used + bytes <= limit && last.room >= bytes) return last;
+    if (alignUp(bytes) > this.shardBytes - 65536) throw new Error(`a block of ${bytes} bytes does not fit in one shared memory (${this.shardBytes} bytes)`);
+    return this.newShard();
+  }
+
+  private allocIn(shard: Shard, bytes: number): number {
+    const ptr = shard.alloc(bytes);
+    if (ptr < 0) throw new Error(`out of shared memory: shard ${shard.index} has ${shard.used} bytes in use, ${bytes} more requested (${shard.maxBytes} at most)`);
+    return ptr;
+  }
+
+  private release(h: Held): void {
+    if (!this.disposed) h.shard.release(h.ptr, h.bytes);
+  }
+
+  /** Scratch for the op in progress, freed by `op`. */
+  private temp(shard: Shard, bytes: number): number {
+    const ptr = this.allocIn(shard, bytes);
+    this.temps.push({ shard, ptr, bytes });
+    return ptr;
+  }
+
+  /** Runs an op body and frees its scratch afterwards. */
+  private op<T>(body: () => T): T {
+    const mark = this.temps.length;
+    try {
+      return body();
+    } finally {
+      while (this.temps.length > mark) this.release(this.temps.pop()!);
+    }
+  }
+
+  /**
+   * A new tensor. Kernel outputs must be in the op's shard (`anywhere` false); other tensors
+   * (inputs, data movement) go to the preferred shard when it has room, else to any other.
+   */
+  private newTensor(shard: Shard, rows: number, cols: number, anywhere = false): SimdTensor {
+    this.mustLive();
+    const len = rows * cols;
+    const bytes = len * 4;
+    let ptr = shard.alloc(bytes);
+    if (ptr < 0) {
+      if (!anywhere) ptr = this.allocIn(shard, bytes); // throws: out of shared memory
+      for (const s of this.shards) if (ptr < 0 && s !== shard && (ptr = s.alloc(bytes)) >= 0) shard = s;
+      if (ptr < 0) ptr = this.allocIn((shard = this.shardWithRoom(bytes, false)), bytes);
+    }
+    const t = new SimdTensor(rows, cols, shard.f32(ptr, len), shard, ptr);
+    this.registry.register(t, { shard, ptr, bytes });
+    this.sinceGc += bytes;
+    if (this.gcBudget > 0 && this.sinceGc > this.gcBudget) this.nudgeGc();
+    return t;
+  }
+
+  /**
+   * Asks V8 for a full collection of dead tensor handles (their memory returns when the
+   * finalizers run, at the next turn of the event loop). A full one: V8's scavenger treats
+   * FinalizationRegistry targets as strong, so minor collections would free nothing.
+   */
+  private nudgeGc(): void {
+    this.sinceGc = 0;
+    const gc = forcedGc();
+    if (!gc) return;
+    this.gcCount++;
+    gc();
+  }
+
+  /** The shard a tensor lives in, if it is one of ours. */
+  private shardOf(x: Tensor): Shard | null {
+    return x instanceof SimdTensor && this.shards[x.shard.index] === x.shard ? x.shard : null;
+  }
+
+  /** Offset of x's values in `shard`: x itself, or a copy made for the op in progress. */
+  private tensorIn(x: Tensor, shard: Shard): number {
+    if (x instanceof SimdTensor && x.shard === shard) return x.ptr;
+    const src = (x as CpuTensor).data;
+    const ptr = this.temp(shard, src.length * 4);
+    shard.f32(ptr, src.length).set(src);
+    return ptr;
+  }
+
+  /** Where a weight's packed data and scales are in `shard` (copied there once when needed). */
+  private weightAt(w: SimdWeight, shard: Shard): Placed {
+    if (w.shard === shard) return w;
+    let p = w.replicas.get(shard);
+    if (!p) {
+      p = this.place(w.host, shard);
+      w.replicas.set(shard, p);
+    }
+    return p;
+  }
+
+  /** Copies a packed weight (data, then fp8 scales) into `shard`. */
+  private place(hw: HostWeight, shard: Shard): Placed {
+    const data = hw.data;
+    const ptr = this.allocIn(shard, data.byteLength);
+    shard.u8(ptr, data.byteLength).set(new Uint8Array(data.buffer, data.byteOffset, data.byteLength));
+    let scalesPtr = 0;
+    if (hw.scales) {
+      scalesPtr = this.allocIn(shard, hw.scales.byteLength);
+      shard.f32(scalesPtr, hw.scales.length).set(hw.scales);
+    }
+    return { ptr, scalesPtr };
+  }
+
+  /** Runs groups of kernel calls (one after the other), threaded when there is enough work. */
+  private exec(groups: Group[], work: number): void {
+    this.pool.run(groups, work >= this.minParallelWork);
+  }
+
+  private cmd(kernel: KernelName, shard: Shard, args: number[]): Command {
+    return { kernel: K[kernel], shard: shard.index, args };
+  }
+
+  private mustLive(): void {
+    if (this.disposed) throw new Error('the fast CPU backend was disposed');
+  }
+
+  // ---- buffers -----------------------------------------------------------------------------
+
+  override uploadWeight(hw: HostWeight): DeviceWeight {
+    this.mustLive();
+    const kernels = kernelsFor(hw);
+    if (!kernels) return new SimdWeight(hw, null, null, 0, 0);
+    const shard = this.shardWithRoom(weightBytes(hw) + 128, true);
+    const { ptr, scalesPtr } = this.place(hw, shard);
+    // The reference code (embedding, the router's bias, fallbacks) reads the same bytes through views.
+    const n = hw.rows * hw.cols;
+    const data = hw.format === 'f32' ? shard.f32(ptr, n) : hw.format === 'fp8_e4m3_block' ? shard.u8(ptr, n) : shard.u16(ptr, n);
+    const view: HostWeight = { ...hw, data, scales: hw.scales ? shard.f32(scalesPtr, hw.scales.length) : undefined };
+    if (!hw.scales) delete view.scales;
+    return new SimdWeight(view, kernels, shard, ptr, scalesPtr);
+  }
+
+  override fromHost(data: Float32Array, rows: number, cols: number): Tensor {
+    if (data.length !== rows * cols) throw new Error(`fromHost: ${data.length} values for [${rows}, ${cols}]`);
+    const t = this.newTensor(this.shards[0], rows, cols, true);
+    t.data.set(data);
+    return t;
+  }
+
+  override async read(x: Tensor): Promise<Float32Array> {
+    return (x as CpuTensor).data.slice();
+  }
+
+  override createKVPool(layers: number, numBlocks: number, blockSize: number, width: number): KVPool {
+    this.mustLive();
+    const pool = new SimdKVPool(layers, numBlocks, blockSize, width);
+    const len = numBlocks * blockSize * width;
+    for (let l = 0; l < layers; l++) {
+      const shard = this.shardWithRoom(len * 4, true);
+      const ptr = this.allocIn(shard, len * 4);
+      pool.shards.push(shard);
+      pool.ptrs.push(ptr);
+      pool.data.push(shard.f32(ptr, len));
+      this.registry.register(pool, { shard, ptr, bytes: len * 4 });
+    }
+    return pool;
+  }
+
+  // ---- ops ---------------------------------------------------------------------------------
+
+  override embedding(table: DeviceWeight, ids: Int32Array): Tensor {
+    const tw = table as SimdWeight;
+    const d = tw.cols;
+    const out = this.newTensor(tw.shard ?? this.shards[0], ids.length, d, true);
+    for (let i = 0; i < ids.length; i++) {
+      const id = ids[i];
+      if (id < 0) { out.data.fill(0, i * d, (i + 1) * d); continue; }
+      if (id >= tw.rows) throw new RangeError(`token id ${id} outside the vocabulary (${tw.rows})`);
+      dequantRow(tw.host, id, out.data, i * d);
+    }
+    return out;
+  }
+
+  override matmul(xIn: Tensor, wIn: DeviceWeight): Tensor {
+    const wt = wIn as SimdWeight;
+    if (!wt.kernels || !wt.shard) return super.matmul(xIn, wIn);
+    const n = xIn.rows, k = xIn.cols, m = wt.rows;
+    if (wt.cols !== k) throw new Error(`matmul: x has ${k} columns, ${wt.name} has ${wt.cols}`);
+    const shard = wt.shard;
+    return this.op(() => {
+      const x = this.tensorIn(xIn, shard);
+      const out = this.newTensor(shard, n, m);
+      const cmd = this.cmd(wt.kernels!.matmul, shard, [x, k, n, wt.ptr, k, 0, m, out.ptr, m, wt.scalesPtr, wt.br, wt.bc]);
+      this.exec([{ cmds: [cmd], units: Math.ceil(m / 4) }], n * m * k);
+      return out;
+    });
+  }
+
+  override rmsNorm(xIn: Tensor, wIn: DeviceWeight, eps: number): Tensor {
+    const wt = wIn as SimdWeight;
+    const n = xIn.rows, d = xIn.cols;
+    const kernel = wt.kernels?.rmsnorm;
+    if (!kernel || wt.rows * wt.cols !== d) return super.rmsNorm(xIn, wIn, eps);
+    const shard = this.shardOf(xIn) ?? wt.shard!;
+    return this.op(() => {
+      const x = this.tensorIn(xIn, shard);
+      const g = this.weightAt(wt, shard).ptr;
+      const out = this.newTensor(shard, n, d);
+      this.exec([{ cmds: [this.cmd(kernel, shard, [x, out.ptr, n, d, g, eps])], units: n }], n * d * 4);
+      return out;
+    });
+  }
+
+  override add(aIn: Tensor, bIn: Tensor): Tensor {
+    if (aIn.rows !== bIn.rows || aIn.cols !== bIn.cols) throw new Error('add: shape mismatch');
+    return this.elementwise('add', aIn, bIn);
+  }
+
+  override swiglu(gIn: Tensor, uIn: Tensor): Tensor {
+    if (gIn.rows !== uIn.rows || gIn.cols !== uIn.cols) throw new Error('swiglu: shape mismatch');
+    return this.elementwise('swiglu', gIn, uIn);
+  }
+
+  private elementwise(kernel: 'add' | 'swiglu', aIn: Tensor, bIn: Tensor): Tensor {
+    const shard = this.shardOf(aIn) ?? this.shardOf(bIn) ?? this.shards[0];
+    const len = aIn.rows * aIn.cols;
+    return this.op(() => {
+      const a = this.tensorIn(aIn, shard), b = this.tensorIn(bIn, shard);
+      const out = this.newTensor(shard, aIn.rows, aIn.cols);
+      this.exec([{ cmds: [this.cmd(kernel, shard, [a, b, out.ptr, len])], units: Math.ceil(len / 16) }], len * (kernel === 'add' ? 1 : 8));
+      return out;
+    });
+  }
+
+  override sliceCols(xIn: Tensor, start: number, count: number): Tensor {
+    const x = xIn as CpuTensor;
+    if (start < 0 || start + count > x.cols) throw new Error('sliceCols: out of range');
+    const out = this.newTensor(this.shardOf(x) ?? this.shards[0], x.rows, count, true);
+    for (let i = 0; i < x.rows; i++) out.data.set(x.data.subarray(i * x.cols + start, i * x.cols + start + count), i * count);
+    return out;
+  }
+
+  override concatCols(aIn: Tensor, bIn: Tensor): Tensor {
+    const a = aIn as CpuTensor, b = bIn as CpuTensor;
+    if (a.rows !== b.rows) throw new Error('concatCols: row mismatch');
+    const c = a.cols + b.cols;
+    const out = this.newTensor(this.shardOf(a) ?? this.shardOf(b) ?? this.shards[0], a.rows, c, true);
+    for (let i = 0; i < a.rows; i++) {
+      out.data.set(a.data.subarray(i * a.cols, (i + 1) * a.cols), i * c);
+      out.data.set(b.data.subarray(i * b.cols, (i + 1) * b.cols), i * c + a.cols);
+    }
+    return out;
+  }
+
+  override gatherRows(xIn: Tensor, rows: Int32Array): Tensor {
+    const x = xIn as CpuTensor;
+    for (let i = 0; i < rows.length; i++) if (rows[i] < 0 || rows[i] >= x.rows) throw new RangeError('gatherRows: row out of range');
+    const out = this.newTensor(this.shardOf(x) ?? this.shards[0], rows.length, x.cols, true);
+    for (let i = 0; i < rows.length; i++) out.data.set(x.data.subarray(rows[i] * x.cols, (rows[i] + 1) * x.cols), i * x.cols);
+    return out;
+  }
+
+  override rope(xIn: Tensor, positions: Int32Array, invFreq: Float32Array, heads: number, headStride: number, offset: number): Tensor {
+    const x = xIn as CpuTensor;
+    if (x.cols !== heads * headStride) throw new Error('rope: columns do not match heads * headStride');
+    const out = this.newTensor(this.shardOf(x) ?? this.shards[0], x.rows, x.cols, true);
+    const src = x.data, dst = out.data;
+    dst.set(src);
+    const half = invFreq.length;
+    for (let i = 0; i < x.rows; i++) {
+      const pos = positions[i];
+      for (let p = 0; p < half; p++) {
+        const angle = pos * invFreq[p];
+        const c = Math.cos(angle), s = Math.sin(angle);
+        for (let h = 0; h < heads; h++) {
+          const o = i * x.cols + h * headStride + offset + 2 * p;
+          const a = src[o], b = src[o + 1];
+          dst[o] = a * c - b * s;
+          dst[o + 1] = a * s + b * c;
+        }
+      }
+    }
+    return out;
+  }
+
+  override mlaAttention(qIn: Tensor, kvBIn: DeviceWeight, poolIn: KVPool, layer: number, batch: AttentionBatch, s: MlaShape): Tensor {
+    const kvB = kvBIn as SimdWeight;
+    const pool = poolIn as SimdKVPool;
+    if (!kvB.kernels || !(pool instanceof SimdKVPool)) return super.mlaAttention(qIn, kvBIn, poolIn, layer, batch, s);
+    const n = qIn.rows, H = s.heads, R = s.kvRank, P = s.ropeDim, qStride = s.nopeDim + P;
+    if (qIn.cols !== H * qStride) throw new Error('mlaAttention: q has the wrong width');
+    if (kvB.rows !== H * (s.nopeDim + s.vDim) || kvB.cols !== R) throw new Error(`mlaAttention: ${kvB.name} has the wrong shape`);
+    if (pool.width !== R + P) throw new Error(`mlaAttention: pool rows of ${pool.width} values, expected ${R + P}`);
+    if (layer < 0 || layer >= pool.layers) throw new RangeError(`mlaAttention: layer ${layer} outside the pool (${pool.layers})`);
+    const B = pool.blockSize;
+    // The kernel follows block tables blindly: check every block it will read.
+    let maxLen = 1, work = n * H * (s.nopeDim + s.vDim) * R;
+    for (let i = 0; i < n; i++) {
+      const pos = batch.positions[i];
+      const table = batch.blockTables[batch.seqIndex[i]];
+      const need = Math.floor(pos / B) + 1;
+      if (pos < 0 || !table || table.length < need) throw new RangeError(`no cache block for position ${pos}`);
+      for (let j = 0; j < need; j++) if (!(table[j] >= 0 && table[j] < pool.numBlocks)) throw new RangeError(`block ${table[j]} outside the pool (${pool.numBlocks} blocks)`);
+      maxLen = Math.max(maxLen, pos + 1);
+      work += (pos + 1) * H * (2 * R + P);
+    }
+    const shard = pool.shards[layer];
+    return this.op(() => {
+      const q = this.tensorIn(qIn, shard);
+      const kv = this.weightAt(kvB, shard);
+      // Per token: position and a pointer to its sequence's block table (copied into the shard).
+      const tok = this.temp(shard, n * 8);
+      const tokV = shard.i32(tok, 2 * n);
+      const tablePtr = new Map<number, number>();
+      for (let i = 0; i < n; i++) {
+        const si = batch.seqIndex[i];
+        let tp = tablePtr.get(si);
+        if (tp === undefined) {
+          const table = batch.blockTables[si];
+          tp = this.temp(shard, table.length * 4);
+          shard.i32(tp, table.length).set(table);
+          tablePtr.set(si, tp);
+        }
+        tokV[2 * i] = batch.positions[i];
+        tokV[2 * i + 1] = tp | 0;
+      }
+      const qAbs = this.temp(shard, n * H * R * 4);
+      const lat = this.temp(shard, n * H * R * 4);
+      const scores = this.temp(shard, H * maxLen * 4);
+      const rowTmp = this.temp(shard, H * R * 4);
+      const out = this.newTensor(shard, n, H * s.vDim);
+      const cmd = this.cmd(kvB.kernels!.mla, shard, [
+        q, n, H, s.nopeDim, P, s.vDim, R, s.softmaxScale, kv.ptr, kv.scalesPtr, kvB.br, kvB.bc,
+        pool.ptrs[layer], pool.width, B, tok, maxLen, qAbs, lat, scores, rowTmp, out.ptr,
+      ]);
+      this.exec([{ cmds: [cmd], units: H }], work);
+      return out;
+    });
+  }
+
+  override moe(xIn: Tensor, rIn: Routing, experts: ExpertWeights[]): Tensor {
+    const r = rIn as unknown as { ids: Int32Array; weights: Float32Array; topK: number };
+    const x = xIn as CpuTensor;
+    const picks: number[][] = experts.map(() => []);
+    for (let j = 0; j < r.ids.length; j++) {
+      const e = r.ids[j];
+      if (!(e >= 0 && e < experts.length)) throw new RangeError(`moe: expert ${e} of ${experts.length}`);
+      picks[e].push(j);
+    }
+    const used: number[] = [];
+    for (let e = 0; e < experts.length; e++) if (picks[e].length) used.push(e);
+    const fast = (w: DeviceWeight) => (w as SimdWeight).kernels !== null && (w as SimdWeight).shard !== null;
+    if (!used.every((e) => fast(experts[e].gate) && fast(experts[e].up) && fast(experts[e].down))) return super.moe(xIn, rIn, experts);
+    // One job per shard holding experts (one, unless the model spans several shards).
+    const groups = new Map<Shard, number[]>();
+    for (const e of used) {
+      const s = (experts[e].gate as SimdWeight).shard!;
+      if (!groups.has(s)) groups.set(s, []);
+      groups.get(s)!.push(e);
+    }
+    let result: Tensor | null = null;
+    for (const [shard, es] of groups) {
+      const partial = this.moeOn(shard, x, r, experts, picks, es);
+      result = result ? this.add(result, partial) : partial;
+    }
+    if (!result) {
+      const z = this.newTensor(this.shardOf(x) ?? this.shards[0], x.rows, x.cols, true);
+      z.data.fill(0);
+      result = z;
+    }
+    return result;
+  }
+
+  /**
+   * The experts `es` (all in `shard`) as one job of two groups. Phase A, per expert: gate and
+   * up rows split in chunks, silu(g)·u on the same chunk's columns. Phase B (after all of A),
+   * per expert: the down rows split in chunks, each chunk adding weight · y into its own columns
+   * of the output, expert after expert, so no two threads write the same values.
+   */
+  private moeOn(shard: Shard, x: CpuTensor, r: { weights: Float32Array; topK: number }, experts: ExpertWeights[], picks: number[][], es: number[]): Tensor {
+    const d = x.cols;
+    return this.op(() => {
+      const out = this.newTensor(shard, x.rows, d);
+      out.data.fill(0);
+      const phaseA: Command[] = [], phaseB: Command[] = [];
+      let work = 0, maxInter = 0;
+      for (const e of es) {
+        const gate = experts[e].gate as SimdWeight, up = experts[e].up as SimdWeight, down = experts[e].down as SimdWeight;
+        const inter = gate.rows;
+        maxInter = Math.max(maxInter, inter);
+        if (gate.cols !== d || up.cols !== d) throw new Error(`matmul: x has ${d} columns, ${gate.cols !== d ? gate.name : up.name} has ${gate.cols !== d ? gate.cols : up.cols}`);
+        if (up.rows !== inter) throw new Error(`moe: ${gate.name} has ${inter} rows, ${up.name} has ${up.rows}`);
+        if (down.cols !== inter) throw new Error(`matmul: x has ${inter} columns, ${down.name} has ${down.cols}`);
+        if (down.rows !== d) throw new Error(`moe: ${down.name} has ${down.rows} rows, expected ${d}`);
+        const p = picks[e], cnt = p.length;
+        const rows = this.temp(shard, cnt * 4), wts = this.temp(shard, cnt * 4);
+        const xe = this.temp(shard, cnt * d * 4);
+        const rowsV = shard.i32(rows, cnt), wtsV = shard.f32(wts, cnt), xeV = shard.f32(xe, cnt * d);
+        for (let j = 0; j < cnt; j++) {
+          const t = (p[j] / r.topK) | 0;
+          rowsV[j] = t;
+          wtsV[j] = r.weights[p[j]];
+          xeV.set(x.data.subarray(t * d, (t + 1) * d), j * d);
+        }
+        const g = this.temp(shard, cnt * inter * 4), u = this.temp(shard, cnt * inter * 4), y = this.temp(shard, cnt * d * 4);
+        const gw = this.weightAt(gate, shard), uw = this.weightAt(up, shard), dw = this.weightAt(down, shard);
+        phaseA.push(
+          this.cmd(gate.kernels!.matmul, shard, [xe, d, cnt, gw.ptr, d, 0, inter, g, inter, gw.scalesPtr, gate.br, gate.bc]),
+          this.cmd(up.kernels!.matmul, shard, [xe, d, cnt, uw.ptr, d, 0, inter, u, inter, uw.scalesPtr, up.br, up.bc]),
+          this.cmd('swiglu_cols', shard, [g, u, g, cnt, inter]),
+        );
+        phaseB.push(
+          this.cmd(down.kernels!.matmul, shard, [g, inter, cnt, dw.ptr, inter, 0, d, y, d, dw.scalesPtr, down.br, down.bc]),
+          this.cmd('scatter_add_cols', shard, [out.ptr, y, rows, wts, cnt, d]),
+        );
+        work += 3 * cnt * inter * d;
+      }
+      // A chunk of phase A is a slice of every expert's gate/up rows (and the same columns of
+      // silu(g)·u); a chunk of phase B a slice of the output columns, over every expert in turn.
+      this.exec([{ cmds: phaseA, units: Math.ceil(maxInter / 4) }, { cmds: phaseB, units: Math.ceil(d / 4) }], work);
+      return out;
+    });
+  }
+
+  override dispose(): void {
+    if (this.disposed) return;
+    this.disposed = true;
+    this.pool.dispose();
+    this.shards = [];
+    this.temps = [];
+    super.dispose();
+  }
+}

@@ -1,0 +1,78 @@
+/**
+ * The whole conformance suite on the fast CPU backend (WebAssembly SIMD over shared memory):
+ * with two threads (jobs split between the main thread and a worker; minParallelWork 0 so even
+ * the smallest op takes the threaded path), with one thread, and with tiny shards so that
+ * weights, caches and activations spread over several shared memories.
+ *
+ * The suite's random f16 and fp8 weights are rich in subnormal codes, so they run on the
+ * subnormal-safe decoders; the tests at the end check the fast decoders (picked for weights with
+ * few subnormals, like real checkpoints) and that the choice is made as documented.
+ */
+import { after, before, describe, it } from 'node:test';
+import assert from 'node:assert/strict';
+import type { HostWeight } from '../src/backends/backend.js';
+import { kernelsFor } from '../src/backends/cpu-simd/formats.js';
+import { SimdCpuBackend } from '../src/backends/cpu-simd/simd-backend.js';
+import { backendConformance, randomWeight, rngFor, type FormatSpec } from './conformance.js';
+import * as ref from './reference-ops.js';
+
+backendConformance('cpu-simd (2 threads)', () => SimdCpuBackend.create({ threads: 2, minParallelWork: 0 }));
+backendConformance('cpu-simd (1 thread)', () => SimdCpuBackend.create({ threads: 1 }));
+backendConformance('cpu-simd (2 threads, 4 MiB shards)', () => SimdCpuBackend.create({ threads: 2, minParallelWork: 0, shardBytes: 4 << 20, gcBudgetBytes: 1 << 20 }));
+
+/** The same weight with every subnormal code replaced by the smallest normal one of its sign. */
+function withoutSubnormals(w: HostWeight): HostWeight {
+  if (w.format === 'f16') {
+    const d = Uint16Array.from(w.data as Uint16Array, (h) => ((h & 0x7c00) === 0 && (h & 0x3ff) !== 0 ? (h & 0x8000) | 0x0400 : h));
+    return { ...w, data: d };
+  }
+  const d = Uint8Array.from(w.data as Uint8Array, (b) => ((b & 0x78) === 0 && (b & 7) !== 0 ? (b & 0x80) | 0x08 : b));
+  return { ...w, data: d };
+}
+
+describe('cpu-simd: fast and subnormal-safe decoders', () => {
+  let b: SimdCpuBackend;
+  before(async () => { b = await SimdCpuBackend.create({ threads: 2, minParallelWork: 0 }); });
+  after(() => b?.dispose());
+
+  const specs: FormatSpec[] = [{ format: 'f16' }, { format: 'fp8_e4m3_block', block: [128, 128] }, { format: 'fp8_e4m3_block', block: [3, 5] }];
+  for (const spec of specs) {
+    const name = spec.block ? `fp8[${spec.block[0]}x${spec.block[1]}]` : spec.format;
+    it(`${name}: subnormal-rich weights pick the safe kernel, others the fast one; both match the reference`, async () => {
+      const rng = rngFor(`simd decoders ${name}`);
+      for (const [n, m, k] of [[1, 67, 300], [6, 130, 129]] as const) {
+        const rich = randomWeight(rng, spec, m, k, 0.5);
+        const clean = withoutSubnormals(rich);
+        assert.match(kernelsFor(rich)!.matmul, /s$/, 'subnormal-rich weight: safe kernel');
+        assert.doesNotMatch(kernelsFor(clean)!.matmul, /s$/, 'weight without subnormals: fast kernel');
+        const x = ref.mat(n, k, rng.floats(n * k, -2, 2));
+        for (const w of [rich, clean]) {
+          const got = await b.read(b.matmul(b.fromHost(Float32Array.from(x.data), n, k), b.uploadWeight(w)));
+          const want = ref.refMatmul(x, w);
+          let mag = 0, worst = 0;
+          for (let i = 0; i < got.length; i++) { mag = Math.max(mag, Math.abs(want.data[i])); worst = Math.max(worst, Math.abs(got[i] - want.data[i])); }
+          assert.ok(worst <= 1e-4 * Math.max(1, mag), `${name} [${n}, ${m}, ${k}]: max |diff| ${worst} (max |expected| ${mag})`);
+        }
+      }
+    });
+  }
+
+  it('weights with codes the kernels do not decode (f16 inf/NaN, e4m3 NaN) use the reference and still compute', async () => {
+    const f16: HostWeight = { name: 'inf', format: 'f16', rows: 2, cols: 3, data: Uint16Array.from([0x3c00, 0x7c00, 0, 0x4000, 0x3c00, 0x3c00]) };
+    assert.equal(kernelsFor(f16), null);
+    const got = await b.read(b.matmul(b.fromHost(Float32Array.from([1, 0.5, 2]), 1, 3), b.uploadWeight(f16)));
+    assert.deepEqual([...got], [Infinity, 4.5]);
+    const fp8: HostWeight = { name: 'nan', format: 'fp8_e4m3_block', rows: 1, cols: 2, data: Uint8Array.from([0x7f, 0x38]), scales: Float32Array.of(1), blockRows: 1, blockCols: 2 };
+    assert.equal(kernelsFor(fp8), null);
+    assert.ok(Number.isNaN((await b.read(b.matmul(b.fromHost(Float32Array.from([1, 1]), 1, 2), b.uploadWeight(fp8))))[0]));
+  });
+
+  it('an op on a disposed backend fails clearly; dispose twice is harmless', async () => {
+    const c = await SimdCpuBackend.create({ threads: 2 });
+    const w = c.uploadWeight({ name: 'w', format: 'f32', rows: 1, cols: 1, data: Float32Array.of(2) });
+    assert.deepEqual([...(await c.read(c.matmul(c.fromHost(Float32Array.of(3), 1, 1), w)))], [6]);
+    c.dispose();
+    c.dispose();
+    assert.throws(() => c.uploadWeight({ name: 'w', format: 'f32', rows: 1, cols: 1, data: Float32Array.of(2) }), /disposed/);
+  });
+});
