@@ -66,6 +66,11 @@ export function setApiKey(key: string): void {
   apiKey = key.trim();
 }
 
+/** The Authorization header when an API key is set (the in-tab mode's file downloads). */
+export function authHeaders(): Record<string, string> {
+  return apiKey ? { Authorization: `Bearer ${apiKey}` } : {};
+}
+
 function headers(json: boolean): Record<string, string> {
   const hs: Record<string, string> = {};
   if (json) hs['Content-Type'] = 'application/json';

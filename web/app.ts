@@ -2,6 +2,7 @@
 import { setApiKey } from './api.js';
 import { ChatView } from './chat.js';
 import { byId } from './dom.js';
+import { LocalRunner } from './local.js';
 import { PlanView } from './plan.js';
 import { StatsPanel } from './stats.js';
 
@@ -9,7 +10,9 @@ type Tab = 'chat' | 'plan';
 
 function main(): void {
   const stats = new StatsPanel();
+  const local = new LocalRunner();
   new ChatView({
+    local,
     expertsPerToken: () => stats.stats?.model.experts_per_token ?? 1,
     modelName: () => stats.stats?.model.name ?? null,
     onApiKey: setApiKey,

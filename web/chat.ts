@@ -5,6 +5,7 @@
 import { ApiError, streamChat, type ChatMessage, type Routing, type Usage } from './api.js';
 import { byId, fmt, h } from './dom.js';
 import { renderHeatmap } from './heatmap.js';
+import type { LocalRunner } from './local.js';
 
 /** Sampling settings as typed: empty fields are not sent, so the model's defaults apply. */
 interface Settings {
@@ -27,6 +28,8 @@ export interface ChatOptions {
   /** The name to send as `model`. */
   modelName: () => string | null;
   onApiKey: (key: string) => void;
+  /** The in-tab WebGPU mode: when on, turns are generated in the page instead of by the server. */
+  local?: LocalRunner;
 }
 
 export class ChatView {
@@ -185,12 +188,14 @@ export class ChatView {
     let content = '';
     let routing: Routing | null = null;
     let usage: Usage | null = null;
+    let where = '';
     const figures = () => {
       const ttft = tFirst ? `${fmt(tFirst - t0, 0)} ms` : '…';
       const rate = tokens > 1 && tLast > tFirst ? fmt(((tokens - 1) * 1000) / (tLast - tFirst)) : '–';
       const parts = [`time to first token ${ttft}`, `${rate} tok/s`, `${tokens} tokens`];
       if (usage?.prompt_cache_hit_tokens) parts.push(`${usage.prompt_cache_hit_tokens} prompt tokens cached`);
       if (finish) parts.push(`finish: ${finish}`);
+      if (where) parts.push(where);
       this.replyStats.textContent = parts.join(' · ');
     };
     const seen = () => {
@@ -201,8 +206,29 @@ export class ChatView {
     figures();
 
     const model = this.opts.modelName();
+    const local = this.opts.local?.on ? await this.opts.local.ready() : null;
     try {
-      await streamChat(
+      if (local) {
+        where = 'in this tab';
+        figures();
+        await this.opts.local!.streamChat(local, messages, sampling, {
+          onContent: (t) => {
+            seen();
+            content += t;
+            answer.textContent = content;
+            figures();
+            this.scrollDown();
+          },
+          onUsage: (u) => {
+            usage = u;
+            tokens = u.completion_tokens;
+            figures();
+          },
+          onFinish: (r) => {
+            finish = r;
+          },
+        }, ac.signal);
+      } else await streamChat(
         { ...(model ? { model } : {}), messages, ...sampling, ...(s.routing ? { shoal: { routing: true } } : {}) },
         {
           onContent: (t) => {

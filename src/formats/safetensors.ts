@@ -163,7 +163,22 @@ function parseOpened(path: string, fd: number): SafetensorsFile {
 
   const lenBuf = Buffer.alloc(8);
   readFully(fd, lenBuf, 0, path);
-  const headerLen64 = lenBuf.readBigUInt64LE(0);
+  const headerLen = safetensorsHeaderLength(lenBuf, fileSize, path);
+  const headerBuf = Buffer.alloc(headerLen);
+  readFully(fd, headerBuf, 8, path);
+  const { tensors, metadata, dataStart } = parseSafetensorsHeader(headerBuf, fileSize, path);
+  return new SafetensorsFile(path, fd, tensors, metadata, fileSize, dataStart);
+}
+
+/**
+ * The header length from a file's first 8 bytes, checked against the size limit and the
+ * file's size. Pure (no I/O): shared with readers that get their bytes elsewhere (HTTP).
+ */
+export function safetensorsHeaderLength(first8: Uint8Array, fileSize: number, path: string): number {
+  if (fileSize < 8 || first8.byteLength < 8) {
+    throw new UserError(`not a safetensors file: ${fileSize} bytes, shorter than the 8-byte header length`, path);
+  }
+  const headerLen64 = new DataView(first8.buffer, first8.byteOffset, 8).getBigUint64(0, true);
   if (headerLen64 > BigInt(MAX_HEADER_BYTES)) {
     throw new UserError(`not a safetensors file: header length ${headerLen64} exceeds the ${MAX_HEADER_BYTES}-byte limit`, path);
   }
@@ -174,9 +189,24 @@ function parseOpened(path: string, fd: number): SafetensorsFile {
       path,
     );
   }
+  return headerLen;
+}
 
-  const headerBuf = Buffer.alloc(headerLen);
-  readFully(fd, headerBuf, 8, path);
+/** A validated safetensors header: tensor locations (absolute offsets in the file) and metadata. */
+export interface SafetensorsHeader {
+  tensors: Map<string, TensorInfo>;
+  metadata: Record<string, string>;
+  /** Absolute offset of the data section (8 + header length). */
+  dataStart: number;
+}
+
+/**
+ * Parses and validates the JSON header (the `headerBuf.byteLength` bytes after the length
+ * field) of a file of `fileSize` bytes. Pure (no I/O). Throws UserError naming `path` (and
+ * the tensor) on any problem.
+ */
+export function parseSafetensorsHeader(headerBuf: Uint8Array, fileSize: number, path: string): SafetensorsHeader {
+  const headerLen = headerBuf.byteLength;
   let header: unknown;
   try {
     // fatal: invalid UTF-8 is a corrupt header, not something to paper over with U+FFFD.
@@ -235,7 +265,7 @@ function parseOpened(path: string, fd: number): SafetensorsFile {
   }
 
   checkNoOverlap(tensors, dataStart, path);
-  return new SafetensorsFile(path, fd, tensors, metadata, fileSize, dataStart);
+  return { tensors, metadata, dataStart };
 }
 
 function parseMetadata(entry: unknown, path: string): Record<string, string> {

@@ -10,6 +10,8 @@
  *   GET  /api/stats            scheduler figures and model shape as JSON (the playground's panel)
  *   GET  /api/plan             the planner's catalog (models, chips, precisions, defaults)
  *   POST /api/plan             `shoal plan` in-process: best configurations and the SVG plot
+ *   GET  /api/model/files/NAME the served model folder's config, tokenizer and weights, read-only
+ *                              (the playground's in-tab WebGPU mode; same key as /v1 when one is set)
  *   GET  /, /app.js, ...       the web playground (static.ts; built into dist/web)
  *
  * Every failure answers an OpenAI-style error object `{"error": {message, type, param, code}}`.
@@ -31,7 +33,7 @@ import type { ShoalTokenizer } from '../tokenizer/tokenizer.js';
 import { isUserError } from '../errors.js';
 import { OutputParser, buildChatPrompt, newToolCallId, parseOutput, type OutputDelta } from './chat.js';
 import { ServerMetrics } from './metrics.js';
-import { DEFAULT_WEB_ROOT, playgroundBuilt, serveStatic } from './static.js';
+import { DEFAULT_WEB_ROOT, MODEL_FILE_TYPES, playgroundBuilt, serveModelFile, serveStatic } from './static.js';
 import { CHIPS, getChip, supportedPrecisions, type Precision } from '../planner/hardware.js';
 import { analyzeModel, describeModel, MODEL_CATALOG, resolveModel } from '../planner/models.js';
 import { renderPlot } from '../planner/plot.js';
@@ -454,6 +456,10 @@ class ShoalServer {
       await this.staticFile(req, res);
       return;
     }
+    if (path.startsWith('/api/model/files/')) {
+      await this.modelFile(req, res, path.slice('/api/model/files/'.length));
+      return;
+    }
     if (!methods) throw new HttpError(404, `no route ${req.method} ${path}`, null, 'not_found');
     if (!methods.includes(req.method ?? '')) {
       throw new HttpError(405, `${req.method} is not allowed on ${path} (use ${methods.join(' or ')})`, null, 'method_not_allowed', 'invalid_request_error', { Allow: methods.join(', ') });
@@ -510,6 +516,19 @@ class ShoalServer {
     if (!m || given.length !== want.length || !timingSafeEqual(given, want)) {
       throw new HttpError(401, m ? 'incorrect API key' : 'missing API key: send Authorization: Bearer KEY', null, 'invalid_api_key', 'invalid_request_error', { 'WWW-Authenticate': 'Bearer' });
     }
+  }
+
+  /** GET/HEAD /api/model/files/NAME: one of the served model folder's files (MODEL_FILE_TYPES). */
+  private async modelFile(req: IncomingMessage, res: ServerResponse, name: string): Promise<void> {
+    if (req.method !== 'GET' && req.method !== 'HEAD') {
+      throw new HttpError(405, `${req.method} is not allowed on /api/model/files/ (use GET or HEAD)`, null, 'method_not_allowed', 'invalid_request_error', { Allow: 'GET, HEAD' });
+    }
+    // The weights are the model: behind the API key when the server has one.
+    this.checkAuth(req);
+    const known = Object.keys(MODEL_FILE_TYPES);
+    if (!known.includes(name)) throw new HttpError(404, `no model file "${name}" (served: ${known.join(', ')})`, null, 'not_found');
+    const result = await serveModelFile(req, res, this.opts.model, name);
+    if (result !== 'served') throw new HttpError(404, `the served model has no ${name} (only a Hugging Face model folder's files are served)`, null, 'not_found');
   }
 
   /** A playground file (GET/HEAD of any path outside /v1 and /api). */

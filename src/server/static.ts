@@ -100,3 +100,53 @@ export async function serveStatic(req: IncomingMessage, res: ServerResponse, pat
   });
   return 'served';
 }
+
+/**
+ * Files of the served model folder that the playground's in-tab mode reads (GET
+ * /api/model/files/NAME): only these names, only from the folder itself.
+ */
+export const MODEL_FILE_TYPES: Record<string, string> = {
+  'config.json': 'application/json; charset=utf-8',
+  'generation_config.json': 'application/json; charset=utf-8',
+  'tokenizer.json': 'application/json; charset=utf-8',
+  'tokenizer_config.json': 'application/json; charset=utf-8',
+  'model.safetensors': 'application/octet-stream',
+};
+
+/**
+ * Serves GET/HEAD of one model file, read-only. 'not-found' for a name not in
+ * MODEL_FILE_TYPES, a model that is not a folder (a .gguf), or a file the folder lacks.
+ * Writes nothing unless it returns 'served'.
+ */
+export async function serveModelFile(req: IncomingMessage, res: ServerResponse, modelDir: string, name: string): Promise<'served' | 'not-found'> {
+  if (!Object.prototype.hasOwnProperty.call(MODEL_FILE_TYPES, name)) return 'not-found';
+  let size: number;
+  const file = join(resolve(modelDir), name);
+  try {
+    if (!(await stat(modelDir)).isDirectory()) return 'not-found';
+    const st = await stat(file);
+    if (!st.isFile()) return 'not-found';
+    size = st.size;
+  } catch {
+    return 'not-found';
+  }
+  res.writeHead(200, { 'Content-Type': MODEL_FILE_TYPES[name]!, 'Content-Length': size, ...SECURITY_HEADERS });
+  if (req.method === 'HEAD') {
+    res.end();
+    return 'served';
+  }
+  await new Promise<void>((done) => {
+    const stream = createReadStream(file);
+    stream.on('error', () => {
+      res.destroy();
+      done();
+    });
+    stream.on('end', () => done());
+    res.on('close', () => {
+      stream.destroy();
+      done();
+    });
+    stream.pipe(res);
+  });
+  return 'served';
+}

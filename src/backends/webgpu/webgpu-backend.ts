@@ -159,7 +159,21 @@ export class WebGpuBackend implements Backend {
   static async create(opts: WebGpuOptions = {}): Promise<WebGpuBackend> {
     const h = await requestAdapter(opts.adapter);
     if (h.why !== undefined) throw new Error(`webgpu: ${h.why}`);
-    const { gpu, adapter } = h;
+    return WebGpuBackend.fromAdapter(h.gpu, h.adapter, opts);
+  }
+
+  /**
+   * From a WebGPU entry point that is not Dawn's: a browser's `navigator.gpu`. Throws when it
+   * offers no adapter.
+   */
+  static async fromGpu(gpu: GPU, opts: WebGpuOptions = {}): Promise<WebGpuBackend> {
+    const adapter = await gpu.requestAdapter(opts.adapter);
+    if (!adapter) throw new Error('webgpu: no WebGPU adapter (navigator.gpu.requestAdapter() gave none)');
+    return WebGpuBackend.fromAdapter(gpu, adapter, opts);
+  }
+
+  /** Requests a device from `adapter` with its largest buffer limits. `gpu` is kept referenced (Dawn's lifetime rule). */
+  static async fromAdapter(gpu: GPU, adapter: GPUAdapter, opts: WebGpuOptions = {}): Promise<WebGpuBackend> {
     const wanted = [
       'maxBufferSize', 'maxStorageBufferBindingSize', 'maxStorageBuffersPerShaderStage',
       'maxComputeWorkgroupStorageSize', 'maxComputeInvocationsPerWorkgroup',
