@@ -4,7 +4,7 @@
  * (--max-running 1), on the same model, machine and run. Talks HTTP to a real `shoal serve`.
  *
  *   node dist/bench/serve.js --model models/demo [--concurrency 1,4,16,32] [--prompt-tokens 64]
- *                            [--gen-tokens 64] [--requests-per-client 2]
+ *                            [--gen-tokens 64] [--requests-per-client 2] [--device cpu|cpu-ref|webgpu]
  */
 import { Command } from 'commander';
 import { startServer } from '../src/server/server.js';
@@ -48,7 +48,7 @@ async function streamOne(url: string, model: string, prompt: number[], genTokens
 }
 
 async function level(model: string, concurrency: number, maxRunning: number, o: Opts) {
-  const server = await startServer({ model, port: 0, maxRunning, maxQueue: 1024, maxContext: o.promptTokens + o.genTokens + 16 });
+  const server = await startServer({ model, port: 0, maxRunning, maxQueue: 1024, maxContext: o.promptTokens + o.genTokens + 16, device: o.device });
   try {
     // Warm-up request (JIT, caches).
     await streamOne(server.url, server.modelName, [0, 5, 6, 7], 4);
@@ -73,7 +73,7 @@ async function level(model: string, concurrency: number, maxRunning: number, o: 
   }
 }
 
-interface Opts { model: string; concurrency: string; promptTokens: number; genTokens: number; requestsPerClient: number }
+interface Opts { model: string; concurrency: string; promptTokens: number; genTokens: number; requestsPerClient: number; device: string }
 
 const program = new Command('bench-serve')
   .requiredOption('--model <dir>')
@@ -81,9 +81,10 @@ const program = new Command('bench-serve')
   .option('--prompt-tokens <n>', 'prompt length', (v) => Number(v), 64)
   .option('--gen-tokens <n>', 'tokens generated per request', (v) => Number(v), 64)
   .option('--requests-per-client <n>', 'requests each client sends in turn', (v) => Number(v), 2)
+  .option('--device <name>', 'backend (cpu, cpu-ref, webgpu, auto)', 'auto')
   .action(async (o: Opts) => {
     const f = (x: number) => x.toFixed(1);
-    console.log(`model ${o.model}, prompt ${o.promptTokens} tokens, ${o.genTokens} generated per request, ${o.requestsPerClient} requests per client`);
+    console.log(`model ${o.model}, device ${o.device}, prompt ${o.promptTokens} tokens, ${o.genTokens} generated per request, ${o.requestsPerClient} requests per client`);
     console.log('| clients | mode | output tok/s | TTFT p50/p90/p99 ms | TPOT p50/p90/p99 ms | batching / one-at-a-time |');
     console.log('| --- | --- | --- | --- | --- | --- |');
     for (const c of o.concurrency.split(',').map(Number)) {
