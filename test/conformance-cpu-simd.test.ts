@@ -57,6 +57,25 @@ describe('cpu-simd: fast and subnormal-safe decoders', () => {
     });
   }
 
+  for (const format of ['q8_0', 'q4_0', 'q4_k', 'q6_k'] as const) {
+    it(`${format}: computed by its own kernel on the packed blocks (decode and batch shapes, row edges)`, async () => {
+      const rng = rngFor(`simd blocks ${format}`);
+      const per = format === 'q8_0' || format === 'q4_0' ? 32 : 256;
+      for (const [n, m, k] of [[1, 67, 4 * per], [6, 130, 2 * per], [33, 5, per]] as const) {
+        const w = randomWeight(rng, { format }, m, k, 0.5);
+        assert.equal(kernelsFor(w)?.matmul, `matmul_${format}`);
+        const dw = b.uploadWeight(w);
+        assert.equal((dw as unknown as { kernels: unknown }).kernels !== null, true);
+        const x = ref.mat(n, k, rng.floats(n * k, -2, 2));
+        const got = await b.read(b.matmul(b.fromHost(Float32Array.from(x.data), n, k), dw));
+        const want = ref.refMatmul(x, w);
+        let mag = 0, worst = 0;
+        for (let i = 0; i < got.length; i++) { mag = Math.max(mag, Math.abs(want.data[i])); worst = Math.max(worst, Math.abs(got[i] - want.data[i])); }
+        assert.ok(worst <= 1e-4 * Math.max(1, mag), `${format} [${n}, ${m}, ${k}]: max |diff| ${worst} (max |expected| ${mag})`);
+      }
+    });
+  }
+
   it('weights with codes the kernels do not decode (f16 inf/NaN, e4m3 NaN) use the reference and still compute', async () => {
     const f16: HostWeight = { name: 'inf', format: 'f16', rows: 2, cols: 3, data: Uint16Array.from([0x3c00, 0x7c00, 0, 0x4000, 0x3c00, 0x3c00]) };
     assert.equal(kernelsFor(f16), null);

@@ -5,6 +5,11 @@ import { CpuBackend } from './cpu/cpu-backend.js';
 
 export const DEVICE_NAMES = ['cpu', 'cpu-ref', 'webgpu', 'auto'] as const;
 
+export interface CreateBackendOptions {
+  /** Threads of the fast CPU backend, the calling one included (default: every core). */
+  threads?: number;
+}
+
 /**
  * Creates the backend for a --device value.
  * - `cpu`: WebAssembly SIMD kernels on all cores when they load, else the reference.
@@ -15,10 +20,10 @@ export const DEVICE_NAMES = ['cpu', 'cpu-ref', 'webgpu', 'auto'] as const;
  *   run on the same CPU), and on Linux without a GPU device node Dawn is not even loaded,
  *   so the fallback to cpu is immediate and silent.
  */
-export async function createBackend(device: string): Promise<Backend> {
+export async function createBackend(device: string, opts: CreateBackendOptions = {}): Promise<Backend> {
   switch (device) {
     case 'cpu':
-      return fastCpu();
+      return fastCpu(opts.threads);
     case 'cpu-ref':
       return new CpuBackend();
     case 'webgpu': {
@@ -30,7 +35,7 @@ export async function createBackend(device: string): Promise<Backend> {
       }
     }
     case 'auto':
-      return (await hardwareWebGpu()) ?? (await fastCpu());
+      return (await hardwareWebGpu()) ?? (await fastCpu(opts.threads));
     default:
       throw new UserError(`unknown device "${device}" (choose from: ${DEVICE_NAMES.join(', ')})`, '--device');
   }

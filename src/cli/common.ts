@@ -1,6 +1,6 @@
 /** Helpers shared by CLI commands: option parsing and loading an engine with progress. */
 import { InvalidArgumentError } from 'commander';
-import { createBackend } from '../backends/index.js';
+import { createBackend, type CreateBackendOptions } from '../backends/index.js';
 import { Engine, type EngineOptions } from '../engine/engine.js';
 import { Progress } from './progress.js';
 
@@ -21,8 +21,8 @@ export function numberOption(v: string): number {
 }
 
 /** Loads an engine on the requested device, showing a progress bar on stderr. */
-export async function loadEngine(model: string, device: string, opts: Omit<EngineOptions, 'backend'> = {}): Promise<Engine> {
-  const backend = await createBackend(device);
+export async function loadEngine(model: string, device: string, opts: Omit<EngineOptions, 'backend'> = {}, backendOpts: CreateBackendOptions = {}): Promise<Engine> {
+  const backend = await createBackend(device, backendOpts);
   const progress = new Progress('loading weights');
   const engine = await Engine.load(model, { ...opts, backend, onProgress: (d, t) => progress.update(d, t) });
   progress.done();

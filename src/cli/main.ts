@@ -14,6 +14,7 @@ import { registerServe } from './serve.js';
 import { registerChat } from './chat.js';
 import { registerDevices } from './devices.js';
 import { registerConvert } from './convert.js';
+import { registerBench } from './bench.js';
 
 export function buildProgram(): Command {
   const program = new Command('shoal')
@@ -28,6 +29,7 @@ export function buildProgram(): Command {
   registerTokenize(program);
   registerGolden(program);
   registerConvert(program);
+  registerBench(program);
   registerDevices(program);
   registerPlan(program);
   for (const c of program.commands) c.exitOverride();

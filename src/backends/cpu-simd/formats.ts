@@ -6,6 +6,7 @@
  */
 import type { HostWeight, WeightFormat } from '../backend.js';
 import type { KernelName } from './protocol.js';
+import { isPackedFormat, packedRowBytes } from '../../formats/quant.js';
 
 export interface FormatKernels {
   /** matmul(x, xs, n, w, k, r0, r1, out, os, scales, blockRows, blockCols). */
@@ -70,11 +71,21 @@ export const FORMAT_KERNELS: Partial<Record<WeightFormat, FormatEntry>> = {
       return sub > d.length * SUBNORMAL_FRACTION ? fp8.safe : fp8.fast;
     },
   },
+  // llama.cpp's block formats: blocks are read in place and decoded in registers (kernels.as).
+  // No rmsnorm kernel (norm weights are never block-quantized): the reference handles that case.
+  q8_0: { pick: () => ({ matmul: 'matmul_q8_0', mla: 'mla_q8_0' }) },
+  q4_0: { pick: () => ({ matmul: 'matmul_q4_0', mla: 'mla_q4_0' }) },
+  q4_k: { pick: () => ({ matmul: 'matmul_q4_k', mla: 'mla_q4_k' }) },
+  q6_k: { pick: () => ({ matmul: 'matmul_q6_k', mla: 'mla_q6_k' }) },
 };
 
 /** The kernels for a weight, or null when it must use the reference code. */
 export function kernelsFor(w: HostWeight): FormatKernels | null {
   const entry = FORMAT_KERNELS[w.format];
-  if (!entry || w.data.length !== w.rows * w.cols) return null;
+  if (!entry) return null;
+  if (isPackedFormat(w.format)) {
+    const rb = packedRowBytes(w.format, w.cols);
+    if (rb === null || !(w.data instanceof Uint8Array) || w.data.length !== w.rows * rb) return null;
+  } else if (w.data.length !== w.rows * w.cols) return null;
   return entry.pick(w);
 }

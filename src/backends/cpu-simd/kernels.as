@@ -593,3 +593,254 @@ export function scatter_add_cols(out: usize, y: usize, rows: usize, wts: usize, 
     for (; c < hi; c++) store<f32>(fptr(out, o + c), load<f32>(fptr(out, o + c)) + wt * load<f32>(fptr(y, yo + c)));
   }
 }
+
+// ---- llama.cpp block formats (GGUF): q8_0, q4_0, q4_k, q6_k ----------------------------------
+//
+// Rows are whole blocks, read in place (src/formats/quant.ts has the layouts). A block is walked
+// in sub-blocks of 32 values; a sub-block's scale (and q4_k's min) is computed once, then its
+// values are decoded four at a time into f32x4 in registers (wq) with exactly the operations of
+// ggml's dequantize_row_* (so every decoded weight equals the reference's), and multiplied with
+// float32 activations. Only the summation order differs from the reference: results are float32
+// exact in the sense of the conformance suite (no activation quantization).
+// Markers (used only here): u32 q4_0, u64 q8_0, i64 q4_k, f64 q6_k.
+
+type Q4_0 = u32;
+type Q8_0 = u64;
+type Q4_K = i64;
+type Q6_K = f64;
+
+// @ts-ignore: decorator
+@inline function isQ8_0<F>(): bool { return sizeof<F>() == 8 && !isSigned<F>() && !isFloat<F>(); }
+// @ts-ignore: decorator
+@inline function isQ4_0<F>(): bool { return sizeof<F>() == 4 && !isSigned<F>() && !isFloat<F>(); }
+// @ts-ignore: decorator
+@inline function isQ4_K<F>(): bool { return sizeof<F>() == 8 && isSigned<F>() && !isFloat<F>(); }
+/** Values per block. */
+// @ts-ignore: decorator
+@inline function qValues<F>(): i32 { return isQ8_0<F>() || isQ4_0<F>() ? 32 : 256; }
+/** Bytes per block. */
+// @ts-ignore: decorator
+@inline function qBytes<F>(): i32 { return isQ8_0<F>() ? 34 : isQ4_0<F>() ? 18 : isQ4_K<F>() ? 144 : 210; }
+
+/** An IEEE half (bits h) as float32, exactly (subnormals, infinities and NaNs included). */
+// @ts-ignore: decorator
+@inline function half(h: u32): f32 {
+  const e = (h >> 10) & 0x1f, m = h & 0x3ff, s = (h & 0x8000) << 16;
+  if (e == 0) return reinterpret<f32>(s | reinterpret<u32>(<f32>m * 5.9604644775390625e-8));
+  if (e == 31) return reinterpret<f32>(s | 0x7f800000 | (m << 13));
+  return reinterpret<f32>(s | ((e + 112) << 23) | (m << 13));
+}
+
+/** Four unsigned bytes at p as i32x4. */
+// @ts-ignore: decorator
+@inline function u8x4(p: usize): v128 {
+  return i32x4.extend_low_i16x8_u(i16x8.extend_low_i8x16_u(v128.load32_zero(p)));
+}
+
+/**
+ * Scale parameters of sub-block s (32 values) of the block at blk: ggml's per-element factor
+ * for the first and second 16 values (they differ only for q6_k) and q4_k's min. Written to the
+ * globals below (each thread has its own instance, so they are per-thread).
+ */
+let qd0: f32 = 0, qd1: f32 = 0, qm: f32 = 0;
+// @ts-ignore: decorator
+@inline function qParams<F>(blk: usize, s: i32): void {
+  if (isQ8_0<F>() || isQ4_0<F>()) {
+    qd0 = half(<u32>load<u16>(blk)); qd1 = qd0; qm = 0;
+  } else if (isQ4_K<F>()) {
+    const d = half(<u32>load<u16>(blk)), dmin = half(<u32>load<u16>(blk + 2));
+    const q = blk + 4;
+    let sc: u32, m: u32;
+    if (s < 4) {
+      sc = <u32>load<u8>(q + s) & 63; m = <u32>load<u8>(q + s + 4) & 63;
+    } else {
+      sc = (<u32>load<u8>(q + s + 4) & 0xf) | ((<u32>load<u8>(q + s - 4) >> 6) << 4);
+      m = (<u32>load<u8>(q + s + 4) >> 4) | ((<u32>load<u8>(q + s) >> 6) << 4);
+    }
+    qd0 = d * <f32>sc; qd1 = qd0; qm = dmin * <f32>m;
+  } else {
+    const d = half(<u32>load<u16>(blk + 208));
+    const i = 8 * (s >> 2) + 2 * (s & 3);
+    qd0 = d * <f32>load<i8>(blk + 192 + i); qd1 = d * <f32>load<i8>(blk + 193 + i); qm = 0;
+  }
+}
+
+/** Values 4g..4g+3 of sub-block s of the block at blk, decoded (qParams of s must be current). */
+// @ts-ignore: decorator
+@inline function wq<F>(blk: usize, s: i32, g: i32): v128 {
+  if (isQ8_0<F>()) {
+    const v = i32x4.extend_low_i16x8_s(i16x8.extend_low_i8x16_s(v128.load32_zero(blk + 2 + (<usize>g << 2))));
+    return f32x4.mul(f32x4.convert_i32x4_s(v), f32x4.splat(qd0));
+  }
+  if (isQ4_0<F>()) {
+    const b = u8x4(blk + 2 + (<usize>(g & 3) << 2));
+    const q = g < 4 ? v128.and(b, i32x4.splat(15)) : i32x4.shr_u(b, 4);
+    return f32x4.mul(f32x4.convert_i32x4_s(i32x4.sub(q, i32x4.splat(8))), f32x4.splat(qd0));
+  }
+  if (isQ4_K<F>()) {
+    const b = u8x4(blk + 16 + (<usize>(s >> 1) << 5) + (<usize>g << 2));
+    const q = (s & 1) ? i32x4.shr_u(b, 4) : v128.and(b, i32x4.splat(15));
+    return f32x4.sub(f32x4.mul(f32x4.convert_i32x4_s(q), f32x4.splat(qd0)), f32x4.splat(qm));
+  }
+  const h = s >> 2, qq = s & 3;
+  const lo = u8x4(blk + (<usize>h << 6) + (<usize>(qq & 1) << 5) + (<usize>g << 2));
+  const hi = u8x4(blk + 128 + (<usize>h << 5) + (<usize>g << 2));
+  const l4 = qq >= 2 ? i32x4.shr_u(lo, 4) : v128.and(lo, i32x4.splat(15));
+  const h2 = v128.and(i32x4.shr_u(hi, 2 * qq), i32x4.splat(3));
+  const q = i32x4.sub(v128.or(l4, i32x4.shl(h2, 4)), i32x4.splat(32));
+  return f32x4.mul(f32x4.convert_i32x4_s(q), f32x4.splat(g < 4 ? qd0 : qd1));
+}
+
+/** Row (whole blocks, k values) · one token. */
+// @ts-ignore: decorator
+@inline function qdot1<F>(x: usize, wr: usize, k: i32): f32 {
+  const nb = k / qValues<F>(), subs = qValues<F>() >> 5;
+  let a0 = f32x4.splat(0), a1 = f32x4.splat(0);
+  for (let b = 0; b < nb; b++) {
+    const blk = wr + <usize>b * qBytes<F>();
+    for (let s = 0; s < subs; s++) {
+      qParams<F>(blk, s);
+      const xb = fptr(x, b * qValues<F>() + (s << 5));
+      a0 = f32x4.add(a0, f32x4.mul(v128.load(xb), wq<F>(blk, s, 0)));
+      a1 = f32x4.add(a1, f32x4.mul(v128.load(xb + 16), wq<F>(blk, s, 1)));
+      a0 = f32x4.add(a0, f32x4.mul(v128.load(xb + 32), wq<F>(blk, s, 2)));
+      a1 = f32x4.add(a1, f32x4.mul(v128.load(xb + 48), wq<F>(blk, s, 3)));
+      a0 = f32x4.add(a0, f32x4.mul(v128.load(xb + 64), wq<F>(blk, s, 4)));
+      a1 = f32x4.add(a1, f32x4.mul(v128.load(xb + 80), wq<F>(blk, s, 5)));
+      a0 = f32x4.add(a0, f32x4.mul(v128.load(xb + 96), wq<F>(blk, s, 6)));
+      a1 = f32x4.add(a1, f32x4.mul(v128.load(xb + 112), wq<F>(blk, s, 7)));
+    }
+  }
+  return hsum(f32x4.add(a0, a1));
+}
+
+/** Row · four tokens (x rows xsb bytes apart): each decoded group serves four tokens; results to out + t·osb. */
+// @ts-ignore: decorator
+@inline function qdot4<F>(x: usize, xsb: usize, wr: usize, k: i32, out: usize, osb: usize): void {
+  const nb = k / qValues<F>(), subs = qValues<F>() >> 5;
+  let a0 = f32x4.splat(0), a1 = f32x4.splat(0), a2 = f32x4.splat(0), a3 = f32x4.splat(0);
+  for (let b = 0; b < nb; b++) {
+    const blk = wr + <usize>b * qBytes<F>();
+    for (let s = 0; s < subs; s++) {
+      qParams<F>(blk, s);
+      const xb = fptr(x, b * qValues<F>() + (s << 5));
+      for (let g = 0; g < 8; g++) {
+        const wv = wq<F>(blk, s, g);
+        const o = xb + (<usize>g << 4);
+        a0 = f32x4.add(a0, f32x4.mul(v128.load(o), wv));
+        a1 = f32x4.add(a1, f32x4.mul(v128.load(o + xsb), wv));
+        a2 = f32x4.add(a2, f32x4.mul(v128.load(o + 2 * xsb), wv));
+        a3 = f32x4.add(a3, f32x4.mul(v128.load(o + 3 * xsb), wv));
+      }
+    }
+  }
+  store<f32>(out, hsum(a0));
+  store<f32>(out + osb, hsum(a1));
+  store<f32>(out + 2 * osb, hsum(a2));
+  store<f32>(out + 3 * osb, hsum(a3));
+}
+
+/** matmul (same contract as matmul<F>) for a block-format weight; k is a whole number of blocks. */
+// @ts-ignore: decorator
+@inline function matmulq<F>(x: usize, xs: i32, n: i32, w: usize, k: i32, r0: i32, r1: i32, out: usize, os: i32, part: i32, parts: i32): void {
+  const a = shareLo(r0, r1, 4, part, parts), b = shareHi(r0, r1, 4, part, parts);
+  if (a >= b || k <= 0) return;
+  const rowBytes = <usize>(k / qValues<F>()) * qBytes<F>();
+  const xsb = <usize>xs << 2, osb = <usize>os << 2;
+  for (let p0 = 0; p0 < n; p0 += TOKEN_PANEL) {
+    const p1 = min(n, p0 + TOKEN_PANEL);
+    for (let r = a; r < b; r++) {
+      const wr = w + <usize>r * rowBytes;
+      const orow = out + (<usize>(r - r0) << 2);
+      let i = p0;
+      for (; i + 4 <= p1; i += 4) qdot4<F>(x + <usize>i * xsb, xsb, wr, k, orow + <usize>i * osb, osb);
+      for (; i < p1; i++) store<f32>(orow + <usize>i * osb, qdot1<F>(x + <usize>i * xsb, wr, k));
+    }
+  }
+}
+
+/** Row r of a block-format weight [*, k] as float32 into dst. */
+// @ts-ignore: decorator
+@inline function decodeRowq<F>(w: usize, r: i32, k: i32, dst: usize): void {
+  const nb = k / qValues<F>(), subs = qValues<F>() >> 5;
+  const wr = w + <usize>r * <usize>nb * qBytes<F>();
+  for (let b = 0; b < nb; b++) {
+    const blk = wr + <usize>b * qBytes<F>();
+    for (let s = 0; s < subs; s++) {
+      qParams<F>(blk, s);
+      const o = fptr(dst, b * qValues<F>() + (s << 5));
+      for (let g = 0; g < 8; g++) v128.store(o + (<usize>g << 4), wq<F>(blk, s, g));
+    }
+  }
+}
+
+/** Absorbed MLA (as mla<F>) with kv_b in a block format. */
+// @ts-ignore: decorator
+@inline function mlaq<F>(q: usize, n: i32, H: i32, nope: i32, rope: i32, vDim: i32, R: i32, scale: f32,
+  kvb: usize, cache: usize, W: i32, B: i32, tok: usize, maxLen: i32,
+  qAbs: usize, lat: usize, scores: usize, rowTmp: usize, out: usize, part: i32, parts: i32): void {
+  const h0 = shareLo(0, H, 1, part, parts), h1 = shareHi(0, H, 1, part, parts);
+  if (h0 >= h1) return;
+  const qs = nope + rope, qCols = H * qs, hs = nope + vDim;
+  const rowBytes = <usize>W << 2;
+  for (let h = h0; h < h1; h++) {
+    for (let i = 0; i < n; i++) zero(fptr(qAbs, (i * H + h) * R), R);
+    const tmp = fptr(rowTmp, h * R);
+    for (let d = 0; d < nope; d++) {
+      decodeRowq<F>(kvb, h * hs + d, R, tmp);
+      for (let i = 0; i < n; i++) {
+        const qv = load<f32>(fptr(q, i * qCols + h * qs + d));
+        if (qv != 0) axpy(fptr(qAbs, (i * H + h) * R), qv, tmp, R);
+      }
+    }
+  }
+  for (let i = 0; i < n; i++) {
+    const len = load<i32>(tok + (<usize>i << 3)) + 1;
+    const table = <usize>load<u32>(tok + (<usize>i << 3) + 4);
+    for (let p = 0; p < len; p++) {
+      const slot = load<i32>(table + (<usize>(p / B) << 2)) * B + (p % B);
+      const row = cache + <usize>slot * rowBytes;
+      for (let h = h0; h < h1; h++) {
+        const s = dot(fptr(qAbs, (i * H + h) * R), row, R) + dot(fptr(q, i * qCols + h * qs + nope), fptr(row, R), rope);
+        store<f32>(fptr(scores, h * maxLen + p), s * scale);
+      }
+    }
+    for (let h = h0; h < h1; h++) {
+      softmax(fptr(scores, h * maxLen), len);
+      zero(fptr(lat, (i * H + h) * R), R);
+    }
+    for (let p = 0; p < len; p++) {
+      const slot = load<i32>(table + (<usize>(p / B) << 2)) * B + (p % B);
+      const row = cache + <usize>slot * rowBytes;
+      for (let h = h0; h < h1; h++) axpy(fptr(lat, (i * H + h) * R), load<f32>(fptr(scores, h * maxLen + p)), row, R);
+    }
+  }
+  for (let h = h0; h < h1; h++) {
+    matmulq<F>(fptr(lat, h * R), H * R, n, kvb, R, h * hs + nope, h * hs + nope + vDim, fptr(out, h * vDim), H * vDim, 0, 1);
+  }
+}
+
+export function matmul_q8_0(x: usize, xs: i32, n: i32, w: usize, k: i32, r0: i32, r1: i32, out: usize, os: i32, sc: usize, br: i32, bc: i32, part: i32, parts: i32): void {
+  matmulq<Q8_0>(x, xs, n, w, k, r0, r1, out, os, part, parts);
+}
+export function matmul_q4_0(x: usize, xs: i32, n: i32, w: usize, k: i32, r0: i32, r1: i32, out: usize, os: i32, sc: usize, br: i32, bc: i32, part: i32, parts: i32): void {
+  matmulq<Q4_0>(x, xs, n, w, k, r0, r1, out, os, part, parts);
+}
+export function matmul_q4_k(x: usize, xs: i32, n: i32, w: usize, k: i32, r0: i32, r1: i32, out: usize, os: i32, sc: usize, br: i32, bc: i32, part: i32, parts: i32): void {
+  matmulq<Q4_K>(x, xs, n, w, k, r0, r1, out, os, part, parts);
+}
+export function matmul_q6_k(x: usize, xs: i32, n: i32, w: usize, k: i32, r0: i32, r1: i32, out: usize, os: i32, sc: usize, br: i32, bc: i32, part: i32, parts: i32): void {
+  matmulq<Q6_K>(x, xs, n, w, k, r0, r1, out, os, part, parts);
+}
+export function mla_q8_0(q: usize, n: i32, H: i32, nope: i32, rope: i32, vDim: i32, R: i32, scale: f32, kvb: usize, sc: usize, br: i32, bc: i32, cache: usize, W: i32, B: i32, tok: usize, maxLen: i32, qAbs: usize, lat: usize, scores: usize, rowTmp: usize, out: usize, part: i32, parts: i32): void {
+  mlaq<Q8_0>(q, n, H, nope, rope, vDim, R, scale, kvb, cache, W, B, tok, maxLen, qAbs, lat, scores, rowTmp, out, part, parts);
+}
+export function mla_q4_0(q: usize, n: i32, H: i32, nope: i32, rope: i32, vDim: i32, R: i32, scale: f32, kvb: usize, sc: usize, br: i32, bc: i32, cache: usize, W: i32, B: i32, tok: usize, maxLen: i32, qAbs: usize, lat: usize, scores: usize, rowTmp: usize, out: usize, part: i32, parts: i32): void {
+  mlaq<Q4_0>(q, n, H, nope, rope, vDim, R, scale, kvb, cache, W, B, tok, maxLen, qAbs, lat, scores, rowTmp, out, part, parts);
+}
+export function mla_q4_k(q: usize, n: i32, H: i32, nope: i32, rope: i32, vDim: i32, R: i32, scale: f32, kvb: usize, sc: usize, br: i32, bc: i32, cache: usize, W: i32, B: i32, tok: usize, maxLen: i32, qAbs: usize, lat: usize, scores: usize, rowTmp: usize, out: usize, part: i32, parts: i32): void {
+  mlaq<Q4_K>(q, n, H, nope, rope, vDim, R, scale, kvb, cache, W, B, tok, maxLen, qAbs, lat, scores, rowTmp, out, part, parts);
+}
+export function mla_q6_k(q: usize, n: i32, H: i32, nope: i32, rope: i32, vDim: i32, R: i32, scale: f32, kvb: usize, sc: usize, br: i32, bc: i32, cache: usize, W: i32, B: i32, tok: usize, maxLen: i32, qAbs: usize, lat: usize, scores: usize, rowTmp: usize, out: usize, part: i32, parts: i32): void {
+  mlaq<Q6_K>(q, n, H, nope, rope, vDim, R, scale, kvb, cache, W, B, tok, maxLen, qAbs, lat, scores, rowTmp, out, part, parts);
+}

@@ -25,6 +25,7 @@ import type {
 import { CpuBackend, CpuTensor } from '../cpu/cpu-backend.js';
 import { dequantRow, weightBytes } from '../cpu/dequant.js';
 import { kernelsFor, type FormatKernels } from './formats.js';
+import { isPackedFormat } from '../../formats/quant.js';
 import { KernelPool, type Group } from './pool.js';
 import { KERNEL_INDEX, type Command, type KernelName } from './protocol.js';
 import { MAX_SHARD_BYTES, Shard, alignUp } from './shard.js';
@@ -353,7 +354,10 @@ export class SimdCpuBackend extends CpuBackend {
     const { ptr, scalesPtr } = this.place(hw, shard);
     // The reference code (embedding, the router's bias, fallbacks) reads the same bytes through views.
     const n = hw.rows * hw.cols;
-    const data = hw.format === 'f32' ? shard.f32(ptr, n) : hw.format === 'fp8_e4m3_block' ? shard.u8(ptr, n) : shard.u16(ptr, n);
+    const data = hw.format === 'f32' ? shard.f32(ptr, n)
+      : hw.format === 'fp8_e4m3_block' ? shard.u8(ptr, n)
+      : isPackedFormat(hw.format) ? shard.u8(ptr, hw.data.byteLength) // blocks, as stored
+      : shard.u16(ptr, n);
     const view: HostWeight = { ...hw, data, scales: hw.scales ? shard.f32(scalesPtr, hw.scales.length) : undefined };
     if (!hw.scales) delete view.scales;
     return new SimdWeight(view, kernels, shard, ptr, scalesPtr);
