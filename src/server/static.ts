@@ -81,24 +81,7 @@ export async function serveStatic(req: IncomingMessage, res: ServerResponse, pat
     return 'not-found';
   }
   res.writeHead(200, { 'Content-Type': type, 'Content-Length': size, ...SECURITY_HEADERS });
-  if (req.method === 'HEAD') {
-    res.end();
-    return 'served';
-  }
-  await new Promise<void>((done) => {
-    const stream = createReadStream(file);
-    stream.on('error', () => {
-      res.destroy();
-      done();
-    });
-    stream.on('end', () => done());
-    res.on('close', () => {
-      stream.destroy();
-      done();
-    });
-    stream.pipe(res);
-  });
-  return 'served';
+  return sendFile(req, res, file);
 }
 
 /**
@@ -131,6 +114,11 @@ export async function serveModelFile(req: IncomingMessage, res: ServerResponse, 
     return 'not-found';
   }
   res.writeHead(200, { 'Content-Type': MODEL_FILE_TYPES[name]!, 'Content-Length': size, ...SECURITY_HEADERS });
+  return sendFile(req, res, file);
+}
+
+/** Streams a file after its headers were written (HEAD: headers only); a client leaving ends the stream. */
+async function sendFile(req: IncomingMessage, res: ServerResponse, file: string): Promise<'served'> {
   if (req.method === 'HEAD') {
     res.end();
     return 'served';
