@@ -12,7 +12,8 @@
  *   bit-exact (no float canonicalization);
  * - a weight `w` is read through `w_at(row, col) -> f32`, which decodes its format:
  *   f32 as is, bf16/f16 from u32 pairs, fp8 e4m3 from bytes packed four to a u32 times
- *   the block's f32 scale. Weights are never expanded on the device.
+ *   the block's f32 scale; GGUF q8_0 / q4_k blocks as stored (bytes read with shifts
+ *   from u32 words). Weights are never expanded on the device.
  */
 /// <reference types="@webgpu/types" />
 import type { WeightFormat } from '../backend.js';
@@ -31,7 +32,7 @@ export interface WeightPart {
   /** First row of the weight this part holds, and how many. */
   row0: number;
   rows: number;
-  /** Packed data: f32 as is; bf16/f16 two per u32; fp8 four bytes per u32 (little-endian). */
+  /** Packed data: f32 as is; bf16/f16 two per u32; fp8 four bytes per u32 (little-endian); q8_0/q4_k the GGUF block bytes. */
   data: GPUBuffer;
   /** fp8 only: this part's block scales, [rows / blockRows (rounded up), ceil(cols / blockCols)]. */
   scales: GPUBuffer | null;
@@ -124,6 +125,46 @@ export class Shader {
         this.fns.push(
           `fn ${name}_at(r: u32, c: u32) -> f32 { ${idx} ` +
             `return e4m3_to_f32((${d}[i >> 2u] >> ((i & 3u) * 8u)) & 0xffu) * ${s}[(r / P.${name}_br) * P.${name}_sc + c / P.${name}_bc]; }`,
+        );
+        break;
+      }
+      case 'q8_0': {
+        // GGUF blocks as uploaded: 34 bytes (f16 d | 32 x int8), not word-aligned; bytes are
+        // read with shifts. d * q is exact in f32 (11-bit by 8-bit), as on the CPU.
+        this.buf(d, 'u32', 'read', { buffer: part.data });
+        this.fns.push(
+          `fn ${name}_byte(o: u32) -> u32 { return (${d}[o >> 2u] >> ((o & 3u) * 8u)) & 0xffu; }\n` +
+            `fn ${name}_at(r: u32, c: u32) -> f32 {\n` +
+            `  let p = (r * (P.${name}_cols / 32u) + c / 32u) * 34u;\n` +
+            `  let h = (${d}[p >> 2u] >> ((p & 2u) * 8u)) & 0xffffu;\n` +
+            `  let q = bitcast<i32>(${name}_byte(p + 2u + c % 32u) << 24u) >> 24u;\n` +
+            `  return f32(q) * f16_to_f32(h);\n}`,
+        );
+        break;
+      }
+      case 'q4_k': {
+        // 144-byte super-blocks (word-aligned): f16 d, f16 dmin | 12 bytes of 6-bit scales and
+        // mins (get_scale_min_k4) | 128 bytes of nibbles; 64 values per 32 bytes of nibbles,
+        // low nibbles first. Same float32 steps as dequantize_row_q4_K.
+        this.buf(d, 'u32', 'read', { buffer: part.data });
+        this.fns.push(
+          `fn ${name}_byte(o: u32) -> u32 { return (${d}[o >> 2u] >> ((o & 3u) * 8u)) & 0xffu; }\n` +
+            `fn ${name}_at(r: u32, c: u32) -> f32 {\n` +
+            `  let p = (r * (P.${name}_cols / 256u) + c / 256u) * 144u;\n` +
+            `  let dd = ${d}[p >> 2u];\n` +
+            `  let e = c % 256u;\n` +
+            `  let hi = (e >> 5u) & 1u;\n` +
+            `  let j = e >> 5u;\n` +
+            `  let k = p + 4u;\n` +
+            `  var sc: u32;\n  var mn: u32;\n` +
+            `  if (j < 4u) { sc = ${name}_byte(k + j) & 63u; mn = ${name}_byte(k + j + 4u) & 63u; }\n` +
+            `  else {\n` +
+            `    sc = (${name}_byte(k + j + 4u) & 0xfu) | ((${name}_byte(k + j - 4u) >> 6u) << 4u);\n` +
+            `    mn = (${name}_byte(k + j + 4u) >> 4u) | ((${name}_byte(k + j) >> 6u) << 4u);\n  }\n` +
+            `  let nib = (${name}_byte(p + 16u + (e >> 6u) * 32u + (e & 31u)) >> (hi * 4u)) & 0xfu;\n` +
+            `  let d1 = f16_to_f32(dd & 0xffffu) * f32(sc);\n` +
+            `  let m1 = f16_to_f32(dd >> 16u) * f32(mn);\n` +
+            `  return d1 * f32(nib) - m1;\n}`,
         );
         break;
       }

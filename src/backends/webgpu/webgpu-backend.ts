@@ -365,23 +365,32 @@ export class WebGpuBackend implements Backend {
 
   // ---- buffers --------------------------------------------------------------------------
 
-  /** The formats the kernels decode (kernels.ts); the loader converts others (GGUF blocks) to bf16. */
+  /** The formats the kernels decode (kernels.ts); the loader converts others (q4_0, q6_k) to bf16. */
   supportsFormat(format: WeightFormat): boolean {
-    return format === 'f32' || format === 'f16' || format === 'bf16' || format === 'fp8_e4m3_block';
+    return format === 'f32' || format === 'f16' || format === 'bf16' || format === 'fp8_e4m3_block' || format === 'q8_0' || format === 'q4_k';
   }
 
   uploadWeight(hw: HostWeight): DeviceWeight {
     this.check();
     const { rows, cols, format } = hw;
     if (!this.supportsFormat(format)) throw new Error(`webgpu: ${hw.name}: format ${format} is not supported`);
-    const perElem = format === 'f32' ? 4 : format === 'fp8_e4m3_block' ? 1 : 2;
-    if (hw.data.length !== rows * cols) throw new Error(`webgpu: ${hw.name}: ${hw.data.length} values for [${rows}, ${cols}]`);
+    // GGUF blocks (q8_0, q4_k): rows of whole blocks, uploaded as stored.
+    const block = format === 'q8_0' ? { n: 32, bytes: 34 } : format === 'q4_k' ? { n: 256, bytes: 144 } : null;
+    let rowBytes: number;
+    if (block) {
+      if (cols % block.n !== 0) throw new Error(`webgpu: ${hw.name}: ${format} needs a multiple of ${block.n} columns, has ${cols}`);
+      rowBytes = (cols / block.n) * block.bytes;
+      if (hw.data.byteLength !== rows * rowBytes) throw new Error(`webgpu: ${hw.name}: ${hw.data.byteLength} bytes of ${format} blocks for [${rows}, ${cols}]`);
+    } else {
+      rowBytes = cols * (format === 'f32' ? 4 : format === 'fp8_e4m3_block' ? 1 : 2);
+      if (hw.data.length !== rows * cols) throw new Error(`webgpu: ${hw.name}: ${hw.data.length} values for [${rows}, ${cols}]`);
+    }
     const br = hw.blockRows ?? 1, bc = hw.blockCols ?? 1;
     const scaleCols = Math.ceil(cols / bc);
     if (format === 'fp8_e4m3_block' && (!hw.scales || !hw.blockRows || !hw.blockCols || hw.scales.length < Math.ceil(rows / br) * scaleCols)) {
       throw new Error(`webgpu: ${hw.name}: fp8 weight without matching block scales`);
     }
-    let partRows = Math.floor(this.maxPartBytes / (cols * perElem));
+    let partRows = Math.floor(this.maxPartBytes / rowBytes);
     if (format === 'fp8_e4m3_block') partRows -= partRows % br;
     if (partRows < 1) throw new Error(`webgpu: ${hw.name}: one row${format === 'fp8_e4m3_block' ? ' block' : ''} exceeds the largest storage binding (${this.maxPartBytes} bytes)`);
     const data = bytesOf(hw.data);
@@ -389,7 +398,7 @@ export class WebGpuBackend implements Backend {
     let bytes = 0;
     for (let r0 = 0; r0 < rows || (rows === 0 && r0 === 0); r0 += partRows) {
       const r1 = Math.min(rows, r0 + partRows);
-      const buf = this.createInit(data.subarray(r0 * cols * perElem, r1 * cols * perElem));
+      const buf = this.createInit(data.subarray(r0 * rowBytes, r1 * rowBytes));
       let scales: GPUBuffer | null = null;
       if (format === 'fp8_e4m3_block') {
         scales = this.createInit(bytesOf(hw.scales!.subarray((r0 / br) * scaleCols, Math.ceil(r1 / br) * scaleCols)));
