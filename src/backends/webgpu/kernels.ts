@@ -12,7 +12,7 @@
  *   bit-exact (no float canonicalization);
  * - a weight `w` is read through `w_at(row, col) -> f32`, which decodes its format:
  *   f32 as is, bf16/f16 from u32 pairs, fp8 e4m3 from bytes packed four to a u32 times
- *   the block's f32 scale; GGUF q8_0 / q4_k blocks as stored (bytes read with shifts
+ *   the block's f32 scale; GGUF q8_0 / q4_0 / q4_k / q6_k blocks as stored (bytes read with shifts
  *   from u32 words). Weights are never expanded on the device.
  */
 /// <reference types="@webgpu/types" />
@@ -32,7 +32,7 @@ export interface WeightPart {
   /** First row of the weight this part holds, and how many. */
   row0: number;
   rows: number;
-  /** Packed data: f32 as is; bf16/f16 two per u32; fp8 four bytes per u32 (little-endian); q8_0/q4_k the GGUF block bytes. */
+  /** Packed data: f32 as is; bf16/f16 two per u32; fp8 four bytes per u32 (little-endian); q8_0/q4_0/q4_k/q6_k the GGUF block bytes. */
   data: GPUBuffer;
   /** fp8 only: this part's block scales, [rows / blockRows (rounded up), ceil(cols / blockCols)]. */
   scales: GPUBuffer | null;
@@ -139,6 +139,45 @@ export class Shader {
             `  let h = (${d}[p >> 2u] >> ((p & 2u) * 8u)) & 0xffffu;\n` +
             `  let q = bitcast<i32>(${name}_byte(p + 2u + c % 32u) << 24u) >> 24u;\n` +
             `  return f32(q) * f16_to_f32(h);\n}`,
+        );
+        break;
+      }
+      case 'q4_0': {
+        // 18-byte blocks (f16 d | 16 bytes of nibbles), not word-aligned: byte j holds value j
+        // in its low nibble and value j + 16 in its high one. (nibble - 8) * d is exact in f32.
+        this.buf(d, 'u32', 'read', { buffer: part.data });
+        this.fns.push(
+          `fn ${name}_byte(o: u32) -> u32 { return (${d}[o >> 2u] >> ((o & 3u) * 8u)) & 0xffu; }\n` +
+            `fn ${name}_at(r: u32, c: u32) -> f32 {\n` +
+            `  let p = (r * (P.${name}_cols / 32u) + c / 32u) * 18u;\n` +
+            `  let h = ${name}_byte(p) | (${name}_byte(p + 1u) << 8u);\n` +
+            `  let e = c % 32u;\n` +
+            `  let nib = (${name}_byte(p + 2u + (e & 15u)) >> ((e >> 4u) * 4u)) & 0xfu;\n` +
+            `  return f32(i32(nib) - 8) * f16_to_f32(h);\n}`,
+        );
+        break;
+      }
+      case 'q6_k': {
+        // 210-byte super-blocks (not word-aligned): ql[128] | qh[64] | 16 x int8 scales | f16 d.
+        // Each half of 128 values uses 64 bytes of ql, 32 of qh and 8 scales; its quarter t
+        // (32 values) takes ql's low (t < 2) or high nibbles, at +32 for odd t, and qh's bits
+        // 2t..2t+1. Same float32 steps as dequantize_row_q6_K: (d * scale) * (q - 32).
+        this.buf(d, 'u32', 'read', { buffer: part.data });
+        this.fns.push(
+          `fn ${name}_byte(o: u32) -> u32 { return (${d}[o >> 2u] >> ((o & 3u) * 8u)) & 0xffu; }\n` +
+            `fn ${name}_at(r: u32, c: u32) -> f32 {\n` +
+            `  let p = (r * (P.${name}_cols / 256u) + c / 256u) * 210u;\n` +
+            `  let e = c % 256u;\n` +
+            `  let n = e >> 7u;\n` +
+            `  let t = (e >> 5u) & 3u;\n` +
+            `  let l = e & 31u;\n` +
+            `  let lo = (${name}_byte(p + n * 64u + l + (t & 1u) * 32u) >> ((t >> 1u) * 4u)) & 0xfu;\n` +
+            `  let hb = (${name}_byte(p + 128u + n * 32u + l) >> (t * 2u)) & 3u;\n` +
+            `  let q = i32(lo | (hb << 4u)) - 32;\n` +
+            `  let s = bitcast<i32>(${name}_byte(p + 192u + n * 8u + (l >> 4u) + t * 2u) << 24u) >> 24u;\n` +
+            `  let h = ${name}_byte(p + 208u) | (${name}_byte(p + 209u) << 8u);\n` +
+            `  let ds = f16_to_f32(h) * f32(s);\n` +
+            `  return ds * f32(q);\n}`,
         );
         break;
       }

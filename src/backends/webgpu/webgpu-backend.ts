@@ -365,17 +365,22 @@ export class WebGpuBackend implements Backend {
 
   // ---- buffers --------------------------------------------------------------------------
 
-  /** The formats the kernels decode (kernels.ts); the loader converts others (q4_0, q6_k) to bf16. */
+  /** The formats the kernels decode (kernels.ts): all of them, GGUF blocks included. */
   supportsFormat(format: WeightFormat): boolean {
-    return format === 'f32' || format === 'f16' || format === 'bf16' || format === 'fp8_e4m3_block' || format === 'q8_0' || format === 'q4_k';
+    return (
+      format === 'f32' || format === 'f16' || format === 'bf16' || format === 'fp8_e4m3_block' ||
+      format === 'q8_0' || format === 'q4_0' || format === 'q4_k' || format === 'q6_k'
+    );
   }
 
   uploadWeight(hw: HostWeight): DeviceWeight {
     this.check();
     const { rows, cols, format } = hw;
     if (!this.supportsFormat(format)) throw new Error(`webgpu: ${hw.name}: format ${format} is not supported`);
-    // GGUF blocks (q8_0, q4_k): rows of whole blocks, uploaded as stored.
-    const block = format === 'q8_0' ? { n: 32, bytes: 34 } : format === 'q4_k' ? { n: 256, bytes: 144 } : null;
+    // GGUF blocks (q8_0, q4_0, q4_k, q6_k): rows of whole blocks, uploaded as stored.
+    const block =
+      format === 'q8_0' ? { n: 32, bytes: 34 } : format === 'q4_0' ? { n: 32, bytes: 18 } :
+      format === 'q4_k' ? { n: 256, bytes: 144 } : format === 'q6_k' ? { n: 256, bytes: 210 } : null;
     let rowBytes: number;
     if (block) {
       if (cols % block.n !== 0) throw new Error(`webgpu: ${hw.name}: ${format} needs a multiple of ${block.n} columns, has ${cols}`);
