@@ -14,25 +14,10 @@ import type { Command } from 'commander';
 import { createInterface } from 'node:readline';
 import type { Engine, GenerateOptions } from '../engine/engine.js';
 import type { ChatMessage } from '../tokenizer/tokenizer.js';
-import { addGenerationOptions, addSamplingOptions, chatTurn, loadGenerationEngine, samplingFromOptions } from './run.js';
+import { addGenerationOptions, addSamplingOptions, chatTurn, loadGenerationEngine, samplingFromOptions, type GenerationFlags } from './run.js';
 
-interface ChatOptions {
-  model: string;
+interface ChatOptions extends GenerationFlags {
   system?: string;
-  maxTokens: number;
-  stop: string[];
-  ignoreEos?: boolean;
-  device: string;
-  maxContext?: number;
-  speculative?: 'mtp';
-  temperature?: number;
-  topK?: number;
-  topP?: number;
-  minP?: number;
-  repetitionPenalty?: number;
-  presencePenalty?: number;
-  frequencyPenalty?: number;
-  seed?: number;
 }
 
 const HELP = 'commands: /reset (forget the conversation), /system TEXT (set the system prompt; none: remove it), /help, /quit (or Ctrl-D)';

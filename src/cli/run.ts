@@ -15,11 +15,9 @@ export function quantizeOption(v: string): QuantizeType {
   return v as QuantizeType;
 }
 
-interface RunOptions {
+/** The flags addGenerationOptions and addSamplingOptions define, as commander hands them over. */
+export interface GenerationFlags {
   model: string;
-  prompt?: string;
-  chat?: boolean;
-  system?: string;
   maxTokens: number;
   temperature?: number;
   topK?: number;
@@ -35,6 +33,12 @@ interface RunOptions {
   maxContext?: number;
   speculative?: 'mtp';
   quantize?: QuantizeType;
+}
+
+interface RunOptions extends GenerationFlags {
+  prompt?: string;
+  chat?: boolean;
+  system?: string;
 }
 
 /** Flags shared by the generating commands (run, chat): model, limits, stops, speculation, device. */
