@@ -455,55 +455,11 @@ export class SimdCpuBackend extends CpuBackend {
     });
   }
 
-  override sliceCols(xIn: Tensor, start: number, count: number): Tensor {
-    const x = xIn as CpuTensor;
-    if (start < 0 || start + count > x.cols) throw new Error('sliceCols: out of range');
-    const out = this.newTensor(this.shardOf(x) ?? this.shards[0], x.rows, count, true);
-    for (let i = 0; i < x.rows; i++) out.data.set(x.data.subarray(i * x.cols + start, i * x.cols + start + count), i * count);
-    return out;
-  }
-
-  override concatCols(aIn: Tensor, bIn: Tensor): Tensor {
-    const a = aIn as CpuTensor, b = bIn as CpuTensor;
-    if (a.rows !== b.rows) throw new Error('concatCols: row mismatch');
-    const c = a.cols + b.cols;
-    const out = this.newTensor(this.shardOf(a) ?? this.shardOf(b) ?? this.shards[0], a.rows, c, true);
-    for (let i = 0; i < a.rows; i++) {
-      out.data.set(a.data.subarray(i * a.cols, (i + 1) * a.cols), i * c);
-      out.data.set(b.data.subarray(i * b.cols, (i + 1) * b.cols), i * c + a.cols);
-    }
-    return out;
-  }
-
-  override gatherRows(xIn: Tensor, rows: Int32Array): Tensor {
-    const x = xIn as CpuTensor;
-    for (let i = 0; i < rows.length; i++) if (rows[i] < 0 || rows[i] >= x.rows) throw new RangeError('gatherRows: row out of range');
-    const out = this.newTensor(this.shardOf(x) ?? this.shards[0], rows.length, x.cols, true);
-    for (let i = 0; i < rows.length; i++) out.data.set(x.data.subarray(rows[i] * x.cols, (rows[i] + 1) * x.cols), i * x.cols);
-    return out;
-  }
-
-  override rope(xIn: Tensor, positions: Int32Array, invFreq: Float32Array, heads: number, headStride: number, offset: number): Tensor {
-    const x = xIn as CpuTensor;
-    if (x.cols !== heads * headStride) throw new Error('rope: columns do not match heads * headStride');
-    const out = this.newTensor(this.shardOf(x) ?? this.shards[0], x.rows, x.cols, true);
-    const src = x.data, dst = out.data;
-    dst.set(src);
-    const half = invFreq.length;
-    for (let i = 0; i < x.rows; i++) {
-      const pos = positions[i];
-      for (let p = 0; p < half; p++) {
-        const angle = pos * invFreq[p];
-        const c = Math.cos(angle), s = Math.sin(angle);
-        for (let h = 0; h < heads; h++) {
-          const o = i * x.cols + h * headStride + offset + 2 * p;
-          const a = src[o], b = src[o + 1];
-          dst[o] = a * c - b * s;
-          dst[o + 1] = a * s + b * c;
-        }
-      }
-    }
-    return out;
+  /** Data-movement outputs (slice, concat, gather, rope: plain loops in CpuBackend) live in shared memory. */
+  protected override output(rows: number, cols: number, ...near: Tensor[]): CpuTensor {
+    let shard: Shard | null = null;
+    for (const x of near) if ((shard = this.shardOf(x))) break;
+    return this.newTensor(shard ?? this.shards[0], rows, cols, true);
   }
 
   override mlaAttention(qIn: Tensor, kvBIn: DeviceWeight, poolIn: KVPool, layer: number, batch: AttentionBatch, s: MlaShape): Tensor {

@@ -245,40 +245,48 @@ export class CpuBackend implements Backend {
     return new CpuTensor(g.rows, g.cols, out);
   }
 
+  /**
+   * Allocates the output of a data-movement op (contents unspecified). A subclass that keeps
+   * tensors in its own memory overrides this alone, placing the output near `near`.
+   */
+  protected output(rows: number, cols: number, ..._near: Tensor[]): CpuTensor {
+    return new CpuTensor(rows, cols, new Float32Array(rows * cols));
+  }
+
   sliceCols(xIn: Tensor, start: number, count: number): Tensor {
     const x = t(xIn);
     if (start < 0 || start + count > x.cols) throw new Error('sliceCols: out of range');
-    const out = new Float32Array(x.rows * count);
-    for (let i = 0; i < x.rows; i++) out.set(x.data.subarray(i * x.cols + start, i * x.cols + start + count), i * count);
-    return new CpuTensor(x.rows, count, out);
+    const out = this.output(x.rows, count, x);
+    for (let i = 0; i < x.rows; i++) out.data.set(x.data.subarray(i * x.cols + start, i * x.cols + start + count), i * count);
+    return out;
   }
 
   concatCols(aIn: Tensor, bIn: Tensor): Tensor {
     const a = t(aIn), b = t(bIn);
     if (a.rows !== b.rows) throw new Error('concatCols: row mismatch');
     const c = a.cols + b.cols;
-    const out = new Float32Array(a.rows * c);
+    const out = this.output(a.rows, c, a, b);
     for (let i = 0; i < a.rows; i++) {
-      out.set(a.data.subarray(i * a.cols, (i + 1) * a.cols), i * c);
-      out.set(b.data.subarray(i * b.cols, (i + 1) * b.cols), i * c + a.cols);
+      out.data.set(a.data.subarray(i * a.cols, (i + 1) * a.cols), i * c);
+      out.data.set(b.data.subarray(i * b.cols, (i + 1) * b.cols), i * c + a.cols);
     }
-    return new CpuTensor(a.rows, c, out);
+    return out;
   }
 
   gatherRows(xIn: Tensor, rows: Int32Array): Tensor {
     const x = t(xIn);
-    const out = new Float32Array(rows.length * x.cols);
-    for (let i = 0; i < rows.length; i++) {
-      if (rows[i] < 0 || rows[i] >= x.rows) throw new RangeError('gatherRows: row out of range');
-      out.set(x.data.subarray(rows[i] * x.cols, (rows[i] + 1) * x.cols), i * x.cols);
-    }
-    return new CpuTensor(rows.length, x.cols, out);
+    for (let i = 0; i < rows.length; i++) if (rows[i] < 0 || rows[i] >= x.rows) throw new RangeError('gatherRows: row out of range');
+    const out = this.output(rows.length, x.cols, x);
+    for (let i = 0; i < rows.length; i++) out.data.set(x.data.subarray(rows[i] * x.cols, (rows[i] + 1) * x.cols), i * x.cols);
+    return out;
   }
 
   rope(xIn: Tensor, positions: Int32Array, invFreq: Float32Array, heads: number, headStride: number, offset: number): Tensor {
     const x = t(xIn);
     if (x.cols !== heads * headStride) throw new Error('rope: columns do not match heads * headStride');
-    const out = Float32Array.from(x.data);
+    const out = this.output(x.rows, x.cols, x);
+    const src = x.data, dst = out.data;
+    dst.set(src);
     const half = invFreq.length;
     for (let i = 0; i < x.rows; i++) {
       const pos = positions[i];
@@ -287,13 +295,13 @@ export class CpuBackend implements Backend {
         const c = Math.cos(angle), s = Math.sin(angle);
         for (let h = 0; h < heads; h++) {
           const o = i * x.cols + h * headStride + offset + 2 * p;
-          const a = x.data[o], b = x.data[o + 1];
-          out[o] = a * c - b * s;
-          out[o + 1] = a * s + b * c;
+          const a = src[o], b = src[o + 1];
+          dst[o] = a * c - b * s;
+          dst[o + 1] = a * s + b * c;
         }
       }
     }
-    return new CpuTensor(x.rows, x.cols, out);
+    return out;
   }
 
   writeKV(poolIn: KVPool, layer: number, kvIn: Tensor, batch: AttentionBatch): void {
