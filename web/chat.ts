@@ -205,39 +205,32 @@ export class ChatView {
     };
     figures();
 
+    const onContent = (t: string) => {
+      seen();
+      content += t;
+      answer.textContent = content;
+      figures();
+      this.scrollDown();
+    };
+    const onUsage = (u: NonNullable<typeof usage>) => {
+      usage = u;
+      tokens = u.completion_tokens;
+      figures();
+    };
+    const onFinish = (r: string) => {
+      finish = r;
+    };
     const model = this.opts.modelName();
     const local = this.opts.local?.on ? await this.opts.local.ready() : null;
     try {
       if (local) {
         where = 'in this tab';
         figures();
-        await this.opts.local!.streamChat(local, messages, sampling, {
-          onContent: (t) => {
-            seen();
-            content += t;
-            answer.textContent = content;
-            figures();
-            this.scrollDown();
-          },
-          onUsage: (u) => {
-            usage = u;
-            tokens = u.completion_tokens;
-            figures();
-          },
-          onFinish: (r) => {
-            finish = r;
-          },
-        }, ac.signal);
+        await this.opts.local!.streamChat(local, messages, sampling, { onContent, onUsage, onFinish }, ac.signal);
       } else await streamChat(
         { ...(model ? { model } : {}), messages, ...sampling, ...(s.routing ? { shoal: { routing: true } } : {}) },
         {
-          onContent: (t) => {
-            seen();
-            content += t;
-            answer.textContent = content;
-            figures();
-            this.scrollDown();
-          },
+          onContent,
           onReasoning: (t) => {
             seen();
             if (!reasoning) {
@@ -250,14 +243,8 @@ export class ChatView {
             reasoning.text.textContent += t;
             figures();
           },
-          onUsage: (u) => {
-            usage = u;
-            tokens = u.completion_tokens;
-            figures();
-          },
-          onFinish: (r) => {
-            finish = r;
-          },
+          onUsage,
+          onFinish,
           onRouting: (r) => {
             routing = r;
           },
