@@ -10,19 +10,10 @@
  */
 import { MessageChannel, Worker, receiveMessageOnPort, type MessagePort } from 'node:worker_threads';
 import {
-  C_CLAIM, C_CMD0, C_CMD1, C_DONE, C_ERROR, C_JOB, C_NCHUNK, C_NGROUPS, C_READY, C_STOP, CMD_OFFSET_BYTES, CMD_STRIDE,
-  CTRL_BYTES, CTRL_INTS, KERNELS, MAX_ARGS, MAX_CHUNKS, MAX_CMDS, MAX_GROUPS, MAX_THREADS, SPIN_MICROS, instantiate, jobTag,
-  runJob, setSpinMicros, type Command, type KernelFns,
+  C_ERROR, C_JOB, C_READY, C_STOP, MAX_THREADS, SPIN_MICROS, closeJob, controlBlock, instantiate, jobTag, openJob, runJob, setSpinMicros, writeJob, type Group, type KernelFns,
 } from './protocol.js';
 
-/** Kernel calls computing `units` independent pieces (rows, heads, columns); see protocol.ts. */
-export interface Group {
-  cmds: Command[];
-  units: number;
-}
-
-/** Chunks per thread: more balance the load (a late thread takes fewer), fewer cost less. */
-const CHUNKS_PER_THREAD = 4;
+export type { Group } from './protocol.js';
 
 export class KernelPool {
   readonly threads: number;
@@ -40,9 +31,9 @@ export class KernelPool {
   constructor(private readonly module: WebAssembly.Module, threads: number, memories: WebAssembly.Memory[], spinMicros = SPIN_MICROS) {
     setSpinMicros(spinMicros);
     this.threads = Math.max(1, Math.min(MAX_THREADS, Math.floor(threads)));
-    const buf = new SharedArrayBuffer(CTRL_BYTES);
-    this.ctrl = new Int32Array(buf, 0, CTRL_INTS);
-    this.cmds = new Float64Array(buf, CMD_OFFSET_BYTES);
+    const { buf, ctrl, cmds } = controlBlock();
+    this.ctrl = ctrl;
+    this.cmds = cmds;
     for (const m of memories) this.fns.push(instantiate(module, m));
     for (let index = 1; index < this.threads; index++) {
       const { port1, port2 } = new MessageChannel();
@@ -106,31 +97,11 @@ export class KernelPool {
       for (const g of groups) for (const c of g.cmds) this.fns[c.shard][c.kernel](...c.args, 0, 1);
       return;
     }
-    if (groups.length > MAX_GROUPS) throw new Error(`kernel job of ${groups.length} groups (at most ${MAX_GROUPS})`);
     const ctrl = this.ctrl;
-    const threads = workers.length + 1;
-    let k = 0;
-    for (let g = 0; g < groups.length; g++) {
-      const { cmds, units } = groups[g];
-      if (k + cmds.length > MAX_CMDS) throw new Error(`kernel job of more than ${MAX_CMDS} commands`);
-      Atomics.store(ctrl, C_CMD0 + g, k);
-      for (const c of cmds) {
-        if (c.args.length > MAX_ARGS) throw new Error(`${KERNELS[c.kernel]}: ${c.args.length} arguments (at most ${MAX_ARGS})`);
-        const o = k++ * CMD_STRIDE;
-        this.cmds[o] = c.kernel;
-        this.cmds[o + 1] = c.shard;
-        this.cmds[o + 2] = c.args.length;
-        for (let a = 0; a < c.args.length; a++) this.cmds[o + 3 + a] = c.args[a];
-      }
-      Atomics.store(ctrl, C_CMD1 + g, k);
-      Atomics.store(ctrl, C_NCHUNK + g, Math.max(1, Math.min(MAX_CHUNKS, units, threads * CHUNKS_PER_THREAD)));
-      Atomics.store(ctrl, C_DONE + g, 0);
-    }
+    writeJob(ctrl, this.cmds, groups, workers.length + 1);
     this.job = (this.job + 1) | 0;
     const tag = jobTag(this.job);
-    // Opening the groups last: a claim needs the job's tag, which no one has seen before this.
-    for (let g = 0; g < groups.length; g++) Atomics.store(ctrl, C_CLAIM + g, tag << 16);
-    Atomics.store(ctrl, C_NGROUPS, groups.length);
+    openJob(ctrl, groups.length, tag);
     for (const w of workers) {
       Atomics.store(ctrl, C_JOB + w, this.job);
       Atomics.notify(ctrl, C_JOB + w, 1);
@@ -141,6 +112,7 @@ export class KernelPool {
     } catch (e) {
       failure = e;
     }
+    closeJob(ctrl, groups.length, tag); // every chunk is done
     const bad = Atomics.exchange(ctrl, C_ERROR, 0);
     if (bad && failure === null) {
       const msg = receiveMessageOnPort(this.ports[bad - 1])?.message as { error?: string } | undefined;

@@ -52,6 +52,22 @@ export const CTRL_INTS = C_READY + MAX_THREADS;
 export const CMD_OFFSET_BYTES = Math.ceil((CTRL_INTS * 4) / 8) * 8;
 export const CTRL_BYTES = CMD_OFFSET_BYTES + MAX_CMDS * CMD_STRIDE * 8;
 
+/**
+ * A claim word's chunk field once its job is over. A thread that is still looking at that job
+ * may read the chunk count of the next one (written before the claims reopen); against this
+ * value every count compares as used up, so such a thread can never claim, run and count a
+ * chunk of the wrong job.
+ */
+export const CLOSED = 0xffff;
+
+/** Views of a control block; a new one (no buffer given) starts with every claim closed. */
+export function controlBlock(buf?: SharedArrayBuffer): { buf: SharedArrayBuffer; ctrl: Int32Array; cmds: Float64Array } {
+  const b = buf ?? new SharedArrayBuffer(CTRL_BYTES);
+  const ctrl = new Int32Array(b, 0, CTRL_INTS);
+  if (!buf) for (let g = 0; g < MAX_GROUPS; g++) Atomics.store(ctrl, C_CLAIM + g, CLOSED);
+  return { buf: b, ctrl, cmds: new Float64Array(b, CMD_OFFSET_BYTES) };
+}
+
 /** The tag a job's claim words carry (15 bits, so claim words stay positive). */
 export function jobTag(job: number): number {
   return job & 0x7fff;
@@ -75,6 +91,58 @@ export function waitWhileEqual(ctrl: Int32Array, index: number, value: number, s
   return v;
 }
 
+/** A kernel call: every participant calls `kernel(...args, part, parts)` on its instance for `shard`. */
+export interface Command {
+  kernel: number;
+  shard: number;
+  args: number[];
+}
+
+/** Kernel calls computing `units` independent pieces (rows, heads, columns). */
+export interface Group {
+  cmds: Command[];
+  units: number;
+}
+
+/** Chunks per thread: more balance the load (a late thread takes fewer), fewer cost less. */
+const CHUNKS_PER_THREAD = 4;
+
+/**
+ * Writes a job's groups (commands, chunk counts, zeroed done counters) into the control block.
+ * Only the main thread writes, and only while the previous job is closed.
+ */
+export function writeJob(ctrl: Int32Array, cmds: Float64Array, groups: Group[], threads: number): void {
+  if (groups.length > MAX_GROUPS) throw new Error(`kernel job of ${groups.length} groups (at most ${MAX_GROUPS})`);
+  let k = 0;
+  for (let g = 0; g < groups.length; g++) {
+    const { cmds: list, units } = groups[g];
+    if (k + list.length > MAX_CMDS) throw new Error(`kernel job of more than ${MAX_CMDS} commands`);
+    Atomics.store(ctrl, C_CMD0 + g, k);
+    for (const c of list) {
+      if (c.args.length > MAX_ARGS) throw new Error(`${KERNELS[c.kernel]}: ${c.args.length} arguments (at most ${MAX_ARGS})`);
+      const o = k++ * CMD_STRIDE;
+      cmds[o] = c.kernel;
+      cmds[o + 1] = c.shard;
+      cmds[o + 2] = c.args.length;
+      for (let a = 0; a < c.args.length; a++) cmds[o + 3 + a] = c.args[a];
+    }
+    Atomics.store(ctrl, C_CMD1 + g, k);
+    Atomics.store(ctrl, C_NCHUNK + g, Math.max(1, Math.min(MAX_CHUNKS, units, threads * CHUNKS_PER_THREAD)));
+    Atomics.store(ctrl, C_DONE + g, 0);
+  }
+}
+
+/** Opens a written job's groups to claims under `tag` (last: no one has seen the tag before). */
+export function openJob(ctrl: Int32Array, groups: number, tag: number): void {
+  for (let g = 0; g < groups; g++) Atomics.store(ctrl, C_CLAIM + g, tag << 16);
+  Atomics.store(ctrl, C_NGROUPS, groups);
+}
+
+/** Closes a finished job's groups (see CLOSED), before the next job is written. */
+export function closeJob(ctrl: Int32Array, groups: number, tag: number): void {
+  for (let g = 0; g < groups; g++) Atomics.store(ctrl, C_CLAIM + g, (tag << 16) | CLOSED);
+}
+
 /** Claims the next chunk of group g of the job tagged `tag`; -1 when none is left (or the job is over). */
 function claim(ctrl: Int32Array, g: number, tag: number, chunks: number): number {
   for (;;) {
@@ -95,7 +163,8 @@ function awaitGroup(ctrl: Int32Array, g: number, tag: number, chunks: number, sp
   let i = 0;
   for (;;) {
     const done = Atomics.load(ctrl, C_DONE + g);
-    if (done >= chunks || Atomics.load(ctrl, C_CLAIM + g) >>> 16 !== tag) return;
+    const v = Atomics.load(ctrl, C_CLAIM + g);
+    if (done >= chunks || v >>> 16 !== tag || (v & 0xffff) === CLOSED) return;
     if ((++i & 127) === 0 && performance.now() > deadline) Atomics.wait(ctrl, C_DONE + g, done, 1);
   }
 }
@@ -152,10 +221,4 @@ export function runJob(ctrl: Int32Array, cmds: Float64Array, shards: KernelFns[]
   if (failure !== null) throw failure;
 }
 
-/** A kernel call: every participant calls `kernel(...args, part, parts)` on its instance for `shard`. */
-export interface Command {
-  kernel: number;
-  shard: number;
-  args: number[];
-}
 

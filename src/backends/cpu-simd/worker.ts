@@ -6,8 +6,8 @@
  */
 import { receiveMessageOnPort, workerData, type MessagePort } from 'node:worker_threads';
 import {
-  C_ERROR, C_JOB, C_NGROUPS, C_READY, C_STOP, C_CMD1, CMD_OFFSET_BYTES, CTRL_INTS, CMD_STRIDE,
-  instantiate, jobTag, runJob, setSpinMicros, waitWhileEqual, type KernelFns,
+  C_ERROR, C_JOB, C_NGROUPS, C_READY, C_STOP, C_CMD1, CMD_STRIDE,
+  controlBlock, instantiate, jobTag, runJob, setSpinMicros, waitWhileEqual, type KernelFns,
 } from './protocol.js';
 
 interface WorkerInit {
@@ -21,8 +21,7 @@ interface WorkerInit {
 
 const init = workerData as WorkerInit;
 setSpinMicros(init.spinMicros);
-const ctrl = new Int32Array(init.ctrl, 0, CTRL_INTS);
-const cmds = new Float64Array(init.ctrl, CMD_OFFSET_BYTES);
+const { ctrl, cmds } = controlBlock(init.ctrl);
 const shards: KernelFns[] = init.memories.map((m) => instantiate(init.module, m));
 const scratch: number[][] = [];
 const me = init.index;
