@@ -86,6 +86,29 @@ describe('cpu-simd: fast and subnormal-safe decoders', () => {
     assert.ok(Number.isNaN((await b.read(b.matmul(b.fromHost(Float32Array.from([1, 1]), 1, 2), b.uploadWeight(fp8))))[0]));
   });
 
+  it('uploadWeightFrom fills a weight in place in a shard: same results as uploadWeight; a failing fill keeps nothing', async () => {
+    const rng = rngFor('simd uploadWeightFrom');
+    const bytesOf = (w: HostWeight) => new Uint8Array(w.data.buffer, w.data.byteOffset, w.data.byteLength);
+    for (const format of ['f32', 'bf16', 'f16', 'q8_0', 'q4_k'] as const) {
+      const w = randomWeight(rng, { format }, 5, 256, 0.5);
+      const before = b.sharedBytes;
+      const dw = b.uploadWeightFrom({ name: w.name, format, rows: 5, cols: 256 }, (dst) => dst.set(bytesOf(w)));
+      assert.ok(b.sharedBytes >= before + w.data.byteLength, `${format}: the bytes live in a shard`);
+      assert.equal(dw.bytes, w.data.byteLength);
+      const x = ref.mat(2, 256, rng.floats(2 * 256, -2, 2));
+      const got = await b.read(b.matmul(b.fromHost(Float32Array.from(x.data), 2, 256), dw));
+      const want = await b.read(b.matmul(b.fromHost(Float32Array.from(x.data), 2, 256), b.uploadWeight(w)));
+      assert.deepEqual(got, want, format);
+    }
+    const before = b.sharedBytes;
+    assert.throws(() => b.uploadWeightFrom({ name: 'w', format: 'q8_0', rows: 4, cols: 64 }, () => { throw new Error('disk gone'); }), /disk gone/);
+    assert.equal(b.sharedBytes, before, 'the block of a failed fill is released');
+    // Values the kernels do not decode: moved to the host (the shard block released), still computed.
+    const inf = b.uploadWeightFrom({ name: 'inf', format: 'f16', rows: 2, cols: 3 }, (dst) => dst.set(new Uint8Array(Uint16Array.from([0x3c00, 0x7c00, 0, 0x4000, 0x3c00, 0x3c00]).buffer)));
+    assert.equal(b.sharedBytes, before);
+    assert.deepEqual([...(await b.read(b.matmul(b.fromHost(Float32Array.from([1, 0.5, 2]), 1, 3), inf)))], [Infinity, 4.5]);
+  });
+
   it('an op on a disposed backend fails clearly; dispose twice is harmless', async () => {
     const c = await SimdCpuBackend.create({ threads: 2 });
     const w = c.uploadWeight({ name: 'w', format: 'f32', rows: 1, cols: 1, data: Float32Array.of(2) });

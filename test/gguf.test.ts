@@ -307,19 +307,28 @@ describe('shoal convert: fixtures as deepseek2 GGUF', () => {
     assert.ok(r.pass, summary(r));
   });
 
-  it('q8_0 attn_k_b/attn_v_b are joined into an exact f32 kv_b; experts are views into one stacked read', () => {
+  it('q8_0 attn_k_b/attn_v_b are joined into an exact f32 kv_b; an expert is its slice of the stacked tensor, read alone', () => {
     const { file } = ggufFixture(fixture('deepseek-v3-tiny'), 'q8_0');
     const g = openGgufModel(file);
     try {
       const w = g.weights as GgufWeights;
-      const kvb = w.read('model.layers.1.self_attn.kv_b_proj.weight', [4 * 64, 64]);
+      const kvbName = 'model.layers.1.self_attn.kv_b_proj.weight';
+      const kvb = w.read(kvbName, [4 * 64, 64]);
       assert.equal(kvb.format, 'f32');
-      const e0 = w.read('model.layers.1.mlp.experts.0.gate_proj.weight', [128, 256]);
-      const e5 = w.read('model.layers.1.mlp.experts.5.gate_proj.weight', [128, 256]);
-      assert.equal(e0.format, 'q8_0');
-      assert.equal(e0.data.buffer, e5.data.buffer, 'one buffer for the stacked tensor');
-      assert.equal(e5.data.byteOffset, 5 * 128 * 8 * 34);
-      assert.equal(e0.data.buffer.byteLength, 16 * 128 * 8 * 34, 'nothing but the packed bytes');
+      assert.equal(w.storedFormat(kvbName, [4 * 64, 64]), null, 'built from k_b and v_b: no bytes to copy as they are');
+      const name = 'model.layers.1.mlp.experts.5.gate_proj.weight';
+      const per = 128 * 8 * 34;
+      const e5 = w.read(name, [128, 256]);
+      assert.equal(e5.format, 'q8_0');
+      assert.equal(e5.data.buffer.byteLength, per, 'nothing but its own packed bytes');
+      const stacked = g.file.read('blk.1.ffn_gate_exps.weight');
+      assert.deepEqual(e5.data, stacked.subarray(5 * per, 6 * per));
+      // readInto: any range of it, into memory the caller holds.
+      assert.equal(w.storedFormat(name, [128, 256]), 'q8_0');
+      const rows = new Uint8Array(2 * 8 * 34);
+      w.readInto(name, [128, 256], rows, 3 * 8 * 34);
+      assert.deepEqual(rows, stacked.subarray(5 * per + 3 * 8 * 34, 5 * per + 5 * 8 * 34));
+      assert.throws(() => w.readInto(name, [128, 256], rows, per - 8 * 34), /outside/);
     } finally {
       g.close();
     }

@@ -41,6 +41,18 @@ export interface HostWeight {
   blockCols?: number;
 }
 
+/**
+ * A weight before its bytes exist, for Backend.uploadWeightFrom: its data is laid out as
+ * HostWeight.data would be (weightDataBytes(format, rows, cols) bytes). fp8_e4m3_block, whose
+ * scales live apart, goes through uploadWeight only.
+ */
+export interface WeightSpec {
+  name: string;
+  format: Exclude<WeightFormat, 'fp8_e4m3_block'>;
+  rows: number;
+  cols: number;
+}
+
 /** A weight living on a device. Opaque to the model code. */
 export interface DeviceWeight {
   readonly name: string;
@@ -137,7 +149,20 @@ export interface Backend {
   supportsFormat(format: WeightFormat): boolean;
 
   // ---- buffers -------------------------------------------------------------------------
+  /**
+   * Makes a device weight of `w`. The backend may keep w's arrays and compute on them (the CPU
+   * reference backend does), so the caller hands them over: it must not modify or reuse them.
+   */
   uploadWeight(w: HostWeight): DeviceWeight;
+  /**
+   * Optional: makes a device weight whose bytes `fill` writes straight into the storage the
+   * backend keeps, so a loader reading a checkpoint needs no host copy of it (a model's peak
+   * memory is then its packed size, not that plus whatever copies the garbage collector has
+   * not freed yet). `dst` is weightDataBytes(format, rows, cols) long and valid only during `fill`; when
+   * `fill` throws, the backend keeps nothing. Loaders call uploadFilled (models/weights.ts),
+   * which falls back to uploadWeight over a fresh buffer for backends without this.
+   */
+  uploadWeightFrom?(spec: WeightSpec, fill: (dst: Uint8Array) => void): DeviceWeight;
   /** Copies host floats into a new tensor of the given shape. */
   fromHost(data: Float32Array, rows: number, cols: number): Tensor;
   /** Copies a tensor back to the host (waits for pending work). */

@@ -70,8 +70,8 @@ export class MultiFileSource implements TensorSource {
     return this.fileOf(name).read(name);
   }
 
-  readInto(name: string, dst: Uint8Array): void {
-    this.fileOf(name).readInto(name, dst);
+  readInto(name: string, dst: Uint8Array, offset = 0): void {
+    this.fileOf(name).readInto(name, dst, offset);
   }
 
   close(): void {

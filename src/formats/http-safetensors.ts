@@ -49,6 +49,15 @@ export class BytesSafetensors implements TensorSource {
     return this.bytes.slice(t.offset, t.offset + t.byteLength);
   }
 
+  readInto(name: string, dst: Uint8Array, offset = 0): void {
+    const t = this.info(name);
+    if (!this.bytes) throw new Error(`${this.label}: read after close`);
+    if (offset < 0 || offset + dst.byteLength > t.byteLength) {
+      throw new Error(`readInto ${name}: bytes [${offset}, ${offset + dst.byteLength}) are outside the tensor's ${t.byteLength}`);
+    }
+    dst.set(this.bytes.subarray(t.offset + offset, t.offset + offset + dst.byteLength));
+  }
+
   /** Total bytes of tensor data. */
   get dataBytes(): number {
     let n = 0;

@@ -91,17 +91,17 @@ export class SafetensorsFile implements TensorSource {
     return new Uint8Array(buf.buffer, 0, t.byteLength);
   }
 
-  /** Reads the tensor's bytes into `dst` (which must be exactly byteLength long). */
-  readInto(name: string, dst: Uint8Array): void {
+  /** Reads bytes [offset, offset + dst.byteLength) of the tensor's data into `dst`. */
+  readInto(name: string, dst: Uint8Array, offset = 0): void {
     const t = this.info(name);
-    if (dst.byteLength !== t.byteLength) {
-      throw new Error(`readInto ${name}: destination has ${dst.byteLength} bytes, tensor has ${t.byteLength}`);
+    if (offset < 0 || offset + dst.byteLength > t.byteLength) {
+      throw new Error(`readInto ${name}: bytes [${offset}, ${offset + dst.byteLength}) are outside the tensor's ${t.byteLength}`);
     }
     if (this.fd === null) throw new Error(`${this.path}: read after close`);
     let done = 0;
-    while (done < t.byteLength) {
-      const len = Math.min(t.byteLength - done, MAX_READ_CHUNK);
-      const n = readSync(this.fd, dst, done, len, t.offset + done);
+    while (done < dst.byteLength) {
+      const len = Math.min(dst.byteLength - done, MAX_READ_CHUNK);
+      const n = readSync(this.fd, dst, done, len, t.offset + offset + done);
       // The header was checked against the size at open time, so a short read means the
       // file was truncated or replaced while we had it open.
       if (n === 0) {

@@ -25,6 +25,11 @@ export interface TensorSource {
   info(name: string): TensorInfo;
   /** Reads exactly the tensor's bytes from disk (a fresh, aligned buffer). */
   read(name: string): Uint8Array;
+  /**
+   * Reads bytes [offset, offset + dst.byteLength) of the tensor's data into `dst`, so a loader
+   * can fill memory it already holds (or read a large tensor a piece at a time).
+   */
+  readInto?(name: string, dst: Uint8Array, offset?: number): void;
   close(): void;
 }
 

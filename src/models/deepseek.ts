@@ -206,10 +206,10 @@ export class DeepseekModel {
     }
     const placement = opts.placement!;
     const m = new DeepseekModel(cfg, placement);
-    // Each weight as read is packed (--quantize) or converted (formats the backend lacks) before upload.
+    // Each weight goes from the file to its backend (packed by --quantize, converted for formats the backend lacks) with no whole host copy where it can.
     const prep = new WeightPreparer({ quantize: opts.quantize, log: opts.log });
     const up = (b: Backend, name: string, shape: number[]) => {
-      const dw = b.uploadWeight(prep.load(b, name, shape, r));
+      const dw = prep.upload(b, name, shape, r);
       m.weightBytes.set(b, (m.weightBytes.get(b) ?? 0) + dw.bytes);
       return dw;
     };

@@ -24,20 +24,20 @@
 import { basename, extname, join } from 'node:path';
 import { existsSync, rmSync, statSync } from 'node:fs';
 import { UserError } from '../errors.js';
-import type { HostWeight, WeightFormat } from '../backends/backend.js';
+import type { HostWeight, WeightFormat, WeightSpec } from '../backends/backend.js';
 import { GGML, GgufType, kv, openGguf, writeGguf, type GgufFile, type GgufMetadata, type GgufTensorToWrite } from '../formats/gguf.js';
 import { openCheckpoint } from '../formats/checkpoint.js';
 import type { Checkpoint, DType } from '../formats/types.js';
 import { dequantRow } from '../backends/cpu/dequant.js';
 import { parseDeepseekConfig, type DeepseekConfig } from './config.js';
 import { DeepseekModel, type ModelSource } from './deepseek.js';
-import { convertWeight, quantizeTarget, weightRole, WeightReader, type QuantizeType, type WeightSource } from './weights.js';
+import { convertWeight, hostWeight, quantizeTarget, weightRole, WeightReader, type QuantizeType, type WeightSource } from './weights.js';
 import { ggufTokenizerMetadata } from '../tokenizer/gguf-tokenizer.js';
 
 const ARCH = 'deepseek2';
 
 /** ggml types shoal computes on, and their weight formats. */
-const FORMAT_OF_GGML: Record<number, WeightFormat> = {
+const FORMAT_OF_GGML: Record<number, WeightSpec['format']> = {
   [GGML.F32]: 'f32', [GGML.F16]: 'f16', [GGML.BF16]: 'bf16', [GGML.Q8_0]: 'q8_0', [GGML.Q4_0]: 'q4_0', [GGML.Q4_K]: 'q4_k', [GGML.Q6_K]: 'q6_k',
 };
 const GGML_OF_FORMAT: Partial<Record<WeightFormat, number>> = {
@@ -102,21 +102,8 @@ function sameShape(a: readonly number[], b: readonly number[]): boolean {
   return a.length === b.length && a.every((v, i) => v === b[i]);
 }
 
-/** A packed HostWeight over `bytes` (no copy). */
-function hostWeight(name: string, format: WeightFormat, rows: number, cols: number, bytes: Uint8Array): HostWeight {
-  switch (format) {
-    case 'f32': return { name, format, rows, cols, data: new Float32Array(bytes.buffer, bytes.byteOffset, rows * cols) };
-    case 'f16':
-    case 'bf16': return { name, format, rows, cols, data: new Uint16Array(bytes.buffer, bytes.byteOffset, rows * cols) };
-    default: return { name, format, rows, cols, data: bytes };
-  }
-}
-
 /** A deepseek2 GGUF's tensors under Hugging Face names. */
 export class GgufWeights implements WeightSource {
-  /** Stacked expert tensors read so far, until their last expert has been handed out. */
-  private readonly stacked = new Map<string, Uint8Array>();
-
   constructor(readonly file: GgufFile, private readonly cfg: { numAttentionHeads: number; qkNopeHeadDim: number; vHeadDim: number; kvLoraRank: number; nRoutedExperts: number }) {}
 
   has(name: string): boolean {
@@ -130,7 +117,7 @@ export class GgufWeights implements WeightSource {
     throw new UserError(tensor ? `tensor "${tensor}": ${msg}` : msg, this.file.path);
   }
 
-  private format(gname: string): WeightFormat {
+  private format(gname: string): WeightSpec['format'] {
     const t = this.file.info(gname);
     const f = FORMAT_OF_GGML[t.type];
     if (!f) this.fail(`type ${t.typeName} is not one shoal computes on (supported: F32, F16, BF16, Q8_0, Q4_0, Q4_K, Q6_K)`, gname);
@@ -164,31 +151,42 @@ export class GgufWeights implements WeightSource {
     }
   }
 
-  read(name: string, shape: number[]): HostWeight {
+  /**
+   * Where a tensor's bytes lie in the file, when they are stored as they are: every tensor
+   * but a kv_b split into attn_k_b and attn_v_b. An expert is its slice of the stacked tensor.
+   */
+  private extent(name: string, shape: number[]): { format: WeightSpec['format']; offset: number; bytes: number } | null {
     this.check(name, shape);
     const p = ggufPlaceOf(name)!;
+    const gname = p.kind !== 'kv_b' ? p.name : `blk.${p.layer}.attn_kv_b.weight`;
+    if (!this.file.has(gname)) return null;
+    const t = this.file.info(gname);
+    const format = this.format(gname);
+    if (p.kind !== 'expert') return { format, offset: t.offset, bytes: t.byteLength };
+    const per = t.byteLength / this.cfg.nRoutedExperts;
+    return { format, offset: t.offset + p.expert * per, bytes: per };
+  }
+
+  storedFormat(name: string, shape: number[]): WeightSpec['format'] | null {
+    return this.extent(name, shape)?.format ?? null;
+  }
+
+  readInto(name: string, shape: number[], dst: Uint8Array, offset: number): void {
+    const e = this.extent(name, shape);
+    if (!e) throw new Error(`${name} is not stored as it is (read it)`);
+    if (offset < 0 || offset + dst.byteLength > e.bytes) throw new Error(`readInto ${name}: bytes [${offset}, ${offset + dst.byteLength}) are outside its ${e.bytes}`);
+    this.file.readAt(e.offset + offset, dst, name);
+  }
+
+  read(name: string, shape: number[]): HostWeight {
     const rows = shape.length === 2 ? shape[0] : 1;
     const cols = shape[shape.length - 1];
-    switch (p.kind) {
-      case 'plain':
-        return hostWeight(name, this.format(p.name), rows, cols, this.file.read(p.name));
-      case 'expert': {
-        // One read of the stacked tensor; every expert is a view into it (no copy).
-        let all = this.stacked.get(p.name);
-        if (!all) {
-          all = this.file.read(p.name);
-          this.stacked.set(p.name, all);
-        }
-        const per = all.byteLength / this.cfg.nRoutedExperts;
-        if (p.expert === this.cfg.nRoutedExperts - 1) this.stacked.delete(p.name);
-        return hostWeight(name, this.format(p.name), rows, cols, all.subarray(p.expert * per, (p.expert + 1) * per));
-      }
-      case 'kv_b': {
-        const legacy = `blk.${p.layer}.attn_kv_b.weight`;
-        if (this.file.has(legacy)) return hostWeight(name, this.format(legacy), rows, cols, this.file.read(legacy));
-        return this.joinKvB(name, p.layer);
-      }
-    }
+    const e = this.extent(name, shape);
+    if (!e) return this.joinKvB(name, (ggufPlaceOf(name) as { layer: number }).layer);
+    // A buffer of its own from offset 0, so typed views over it are aligned.
+    const bytes = new Uint8Array(e.bytes);
+    this.file.readAt(e.offset, bytes, name);
+    return hostWeight(name, e.format, rows, cols, bytes);
   }
 
   /**

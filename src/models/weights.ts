@@ -4,10 +4,10 @@
  * block-scale tensor of the right shape. Each weight is read from disk only when asked for.
  */
 import { UserError } from '../errors.js';
-import type { Backend, HostWeight, WeightFormat } from '../backends/backend.js';
+import type { Backend, DeviceWeight, HostWeight, WeightFormat, WeightSpec } from '../backends/backend.js';
 import type { Checkpoint, DType } from '../formats/types.js';
-import { dequantRow } from '../backends/cpu/dequant.js';
-import { f32ToF16, isPackedFormat, packedRowBytes, quantizeRow, PACKED_FORMATS } from '../formats/quant.js';
+import { dequantRow, weightDataBytes } from '../backends/cpu/dequant.js';
+import { f32ToF16, isPackedFormat, packedRowBytes, quantizeRow, PACKED_FORMATS, type PackedFormat } from '../formats/quant.js';
 
 /**
  * Where a model's weights come from, by Hugging Face tensor name: a checkpoint folder
@@ -20,10 +20,13 @@ export interface WeightSource {
   /** The tensor as a packed HostWeight, checked against `shape` ([n] for vectors, [rows, cols]). */
   read(name: string, shape: number[]): HostWeight;
   /**
-   * Like read, but into a buffer the next readTransient call reuses: for weights re-encoded at
-   * once (--quantize), so the source bytes never pile up waiting for the garbage collector.
+   * The tensor's format when its stored bytes are its HostWeight data as they are, so readInto
+   * can copy them into memory the caller holds; null when read() has to build the weight
+   * (FP8 with its scales, kv_b from GGUF's k_b and v_b). Checks like read.
    */
-  readTransient?(name: string, shape: number[]): HostWeight;
+  storedFormat?(name: string, shape: number[]): WeightSpec['format'] | null;
+  /** Reads bytes [offset, offset + dst.byteLength) of a tensor that has a storedFormat. */
+  readInto?(name: string, shape: number[], dst: Uint8Array, offset: number): void;
 }
 
 const FORMAT_OF: Partial<Record<DType, WeightFormat>> = {
@@ -67,30 +70,24 @@ export class WeightReader implements WeightSource {
     }
   }
 
-  private scratch = new Uint8Array(0);
+  storedFormat(name: string, shape: number[]): WeightSpec['format'] | null {
+    this.check(name, shape);
+    const f = FORMAT_OF[this.ckpt.tensors.info(name).dtype]!;
+    return f === 'fp8_e4m3_block' || !this.ckpt.tensors.readInto ? null : f;
+  }
+
+  readInto(name: string, _shape: number[], dst: Uint8Array, offset: number): void {
+    this.ckpt.tensors.readInto!(name, dst, offset);
+  }
 
   /** Reads a 1-D or 2-D tensor (checked against `shape`) as a packed HostWeight. */
   read(name: string, shape: number[]): HostWeight {
-    return this.readWith(name, shape, false);
-  }
-
-  readTransient(name: string, shape: number[]): HostWeight {
-    return this.readWith(name, shape, true);
-  }
-
-  private readWith(name: string, shape: number[], transient: boolean): HostWeight {
     this.check(name, shape);
     const src = this.ckpt.tensors;
     const info = src.info(name);
     const rows = shape.length === 2 ? shape[0] : 1;
     const cols = shape[shape.length - 1];
-    let bytes: Uint8Array;
-    const into = (src as { readInto?: (n: string, dst: Uint8Array) => void }).readInto;
-    if (transient && into) {
-      if (this.scratch.byteLength < info.byteLength) this.scratch = new Uint8Array(Math.ceil(Math.max(info.byteLength, this.scratch.byteLength * 1.5) / 8) * 8);
-      bytes = this.scratch.subarray(0, info.byteLength);
-      into.call(src, name, bytes);
-    } else bytes = src.read(name);
+    const bytes = src.read(name);
     const format = FORMAT_OF[info.dtype]!;
     switch (format) {
       case 'f32':
@@ -149,8 +146,8 @@ export function weightRole(name: string, shape: readonly number[]): WeightRole {
  * precision); the LM head q8_0, or q6_k under q4_k (as llama.cpp's Q4_K_M does); norms,
  * biases and the router stay. A weight whose columns are not whole blocks stays too.
  */
-export function quantizeTarget(type: QuantizeType, role: WeightRole, cols: number): WeightFormat | null {
-  let to: WeightFormat;
+export function quantizeTarget(type: QuantizeType, role: WeightRole, cols: number): PackedFormat | null {
+  let to: PackedFormat;
   switch (role) {
     case 'vector':
     case 'router':
@@ -159,7 +156,7 @@ export function quantizeTarget(type: QuantizeType, role: WeightRole, cols: numbe
     case 'head': to = type === 'q4_k' ? 'q6_k' : 'q8_0'; break;
     case 'projection': to = type; break;
   }
-  return isPackedFormat(to) && packedRowBytes(to, cols) === null ? null : to;
+  return packedRowBytes(to, cols) === null ? null : to;
 }
 
 const bf16Cvt = new Float32Array(1);
@@ -173,44 +170,51 @@ export function f32ToBf16(v: number): number {
   return (x + 0x7fff + ((x >>> 16) & 1)) >>> 16;
 }
 
+/** A HostWeight over `bytes` (no copy; `bytes` must be aligned for the format's element type). */
+export function hostWeight(name: string, format: WeightSpec['format'], rows: number, cols: number, bytes: Uint8Array): HostWeight {
+  switch (format) {
+    case 'f32': return { name, format, rows, cols, data: new Float32Array(bytes.buffer, bytes.byteOffset, rows * cols) };
+    case 'f16':
+    case 'bf16': return { name, format, rows, cols, data: new Uint16Array(bytes.buffer, bytes.byteOffset, rows * cols) };
+    default: return { name, format, rows, cols, data: bytes };
+  }
+}
+
 /**
  * Re-encodes a weight in another format, one row at a time through a float32 scratch row, so
  * a tensor is never held in float32 as a whole. Block formats need cols in whole blocks.
+ * The result is written into `into` (weightDataBytes long, aligned) when given, else a new array.
  */
-export function convertWeight(w: HostWeight, to: WeightFormat): HostWeight {
-  if (w.format === to) return w;
+export function convertWeight(w: HostWeight, to: WeightFormat, into?: Uint8Array): HostWeight {
+  if (w.format === to && !into) return w;
+  if (to === 'fp8_e4m3_block') throw new Error(`${w.name}: cannot convert to ${to}`);
   const { rows, cols } = w;
+  if (isPackedFormat(to) && packedRowBytes(to, cols) === null) {
+    throw new Error(`${w.name}: ${cols} columns is not a whole number of ${to} blocks (${PACKED_FORMATS[to].block})`);
+  }
+  const out = hostWeight(w.name, to, rows, cols, into ?? new Uint8Array(weightDataBytes(to, rows, cols)));
+  if (w.format === to) {
+    into!.set(new Uint8Array(w.data.buffer, w.data.byteOffset, w.data.byteLength));
+    return out;
+  }
   const row = new Float32Array(cols);
-  const base = { name: w.name, format: to, rows, cols };
   if (isPackedFormat(to)) {
-    const rb = packedRowBytes(to, cols);
-    if (rb === null) throw new Error(`${w.name}: ${cols} columns is not a whole number of ${to} blocks (${PACKED_FORMATS[to].block})`);
-    const data = new Uint8Array(rows * rb);
+    const rb = packedRowBytes(to, cols)!;
     for (let r = 0; r < rows; r++) {
       dequantRow(w, r, row);
-      quantizeRow(to, row, 0, cols, data, r * rb);
+      quantizeRow(to, row, 0, cols, out.data as Uint8Array, r * rb);
     }
-    return { ...base, data };
+  } else if (to === 'f32') {
+    for (let r = 0; r < rows; r++) dequantRow(w, r, out.data as Float32Array, r * cols);
+  } else {
+    const data = out.data as Uint16Array;
+    const enc = to === 'bf16' ? f32ToBf16 : f32ToF16;
+    for (let r = 0; r < rows; r++) {
+      dequantRow(w, r, row);
+      for (let c = 0; c < cols; c++) data[r * cols + c] = enc(row[c]);
+    }
   }
-  switch (to) {
-    case 'f32': {
-      const data = new Float32Array(rows * cols);
-      for (let r = 0; r < rows; r++) dequantRow(w, r, data, r * cols);
-      return { ...base, data };
-    }
-    case 'bf16':
-    case 'f16': {
-      const data = new Uint16Array(rows * cols);
-      const enc = to === 'bf16' ? f32ToBf16 : f32ToF16;
-      for (let r = 0; r < rows; r++) {
-        dequantRow(w, r, row);
-        for (let c = 0; c < cols; c++) data[r * cols + c] = enc(row[c]);
-      }
-      return { ...base, data };
-    }
-    default:
-      throw new Error(`${w.name}: cannot convert to ${to}`);
-  }
+  return out;
 }
 
 /** Whether a backend takes a format (backends written before supportsFormat take the first four). */
@@ -224,6 +228,19 @@ export interface PrepareOptions {
   quantize?: QuantizeType | null;
   /** Where notes go (default: stderr). */
   log?: (line: string) => void;
+  /** Most bytes of a tensor read at once when it is re-encoded on load (default 16 MiB). */
+  chunkBytes?: number;
+}
+
+/**
+ * Uploads a weight whose data `fill` writes: straight into the backend's storage where it
+ * has uploadWeightFrom, else into a fresh buffer handed over to uploadWeight.
+ */
+export function uploadFilled(b: Backend, spec: WeightSpec, fill: (dst: Uint8Array) => void): DeviceWeight {
+  if (b.uploadWeightFrom) return b.uploadWeightFrom(spec, fill);
+  const data = new Uint8Array(weightDataBytes(spec.format, spec.rows, spec.cols));
+  fill(data);
+  return b.uploadWeight(hostWeight(spec.name, spec.format, spec.rows, spec.cols, data));
 }
 
 /**
@@ -236,31 +253,63 @@ export class WeightPreparer {
   /** Tensors packed by --quantize, and tensors converted for the backend. */
   quantized = 0;
   converted = 0;
+  /** Where re-encoded tensors are read, a chunk at a time (reused from tensor to tensor). */
+  private scratch = new Uint8Array(0);
 
   constructor(private readonly opts: PrepareOptions = {}) {}
 
-  /** Reads a weight from `src` and prepares it (reading into reused scratch when it is re-encoded at once). */
-  load(b: Backend, name: string, shape: number[], src: WeightSource): HostWeight {
-    const q = this.opts.quantize;
-    const to = q ? quantizeTarget(q, weightRole(name, shape), shape[shape.length - 1]) : null;
-    if (!to || !src.readTransient) return this.prepare(b, name, shape, src.read(name, shape));
-    const t = src.readTransient(name, shape);
-    // Already in the target format: keep a copy (the transient buffer is reused).
-    const w = t.format === to ? { ...t, data: t.data.slice() } : this.pack(t, to);
-    return this.prepare(b, name, shape, w);
+  /** Size of the buffer re-encoded tensors have been read through (at most about chunkBytes). */
+  get scratchBytes(): number {
+    return this.scratch.byteLength;
   }
 
-  private pack(w: HostWeight, to: WeightFormat): HostWeight {
+  /**
+   * Reads a weight from `src`, prepares it and uploads it to `b`. Where the source can read
+   * bytes into memory the caller holds (storedFormat), no host copy of the tensor is made: its
+   * bytes go straight into the backend's storage (uploadFilled), or, when --quantize re-encodes
+   * them, pass through one reused buffer a chunk of rows at a time. Otherwise (FP8, GGUF's
+   * kv_b, a format the backend lacks) the tensor is read whole and prepared.
+   */
+  upload(b: Backend, name: string, shape: number[], src: WeightSource): DeviceWeight {
+    const stored = src.storedFormat?.(name, shape) ?? null;
+    const to = stored && (this.quantizeTo(name, shape, stored) ?? stored);
+    if (!stored || !to || !backendSupports(b, to)) return b.uploadWeight(this.prepare(b, name, shape, src.read(name, shape)));
+    const rows = shape.length === 2 ? shape[0] : 1;
+    const cols = shape[shape.length - 1];
+    const spec: WeightSpec = { name, format: to, rows, cols };
+    if (to === stored) return uploadFilled(b, spec, (dst) => src.readInto!(name, shape, dst, 0));
     this.quantized++;
-    return convertWeight(w, to);
+    const srcRow = weightDataBytes(stored, 1, cols), dstRow = weightDataBytes(to, 1, cols);
+    const step = Math.max(1, Math.floor((this.opts.chunkBytes ?? 16 << 20) / srcRow));
+    return uploadFilled(b, spec, (dst) => {
+      for (let r0 = 0; r0 < rows; r0 += step) {
+        const n = Math.min(step, rows - r0);
+        const bytes = this.scratchOf(n * srcRow);
+        src.readInto!(name, shape, bytes, r0 * srcRow);
+        convertWeight(hostWeight(name, stored, n, cols, bytes), to, dst.subarray(r0 * dstRow, (r0 + n) * dstRow));
+      }
+    });
+  }
+
+  /** `bytes` of the reused scratch buffer. */
+  private scratchOf(bytes: number): Uint8Array {
+    if (this.scratch.byteLength < bytes) this.scratch = new Uint8Array(bytes);
+    return this.scratch.subarray(0, bytes);
+  }
+
+  /** The format --quantize packs a weight now in `from` into, or null to keep it. */
+  private quantizeTo(name: string, shape: readonly number[], from: WeightFormat): PackedFormat | null {
+    const q = this.opts.quantize;
+    const to = q ? quantizeTarget(q, weightRole(name, shape), shape[shape.length - 1]) : null;
+    return to === from ? null : to;
   }
 
   prepare(b: Backend, name: string, shape: readonly number[], hw: HostWeight): HostWeight {
     let w = hw;
-    const q = this.opts.quantize;
+    const q = this.quantizeTo(name, shape, w.format);
     if (q) {
-      const to = quantizeTarget(q, weightRole(name, shape), w.cols);
-      if (to && to !== w.format) w = this.pack(w, to);
+      w = convertWeight(w, q);
+      this.quantized++;
     }
     if (!backendSupports(b, w.format)) {
       const to: WeightFormat = backendSupports(b, 'bf16') ? 'bf16' : 'f32';

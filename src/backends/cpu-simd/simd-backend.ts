@@ -20,10 +20,10 @@ import { fileURLToPath } from 'node:url';
 import v8 from 'node:v8';
 import { runInNewContext } from 'node:vm';
 import type {
-  AttentionBatch, DeviceInfo, DeviceWeight, ExpertWeights, HostWeight, KVPool, MlaShape, Routing, Tensor,
+  AttentionBatch, DeviceInfo, DeviceWeight, ExpertWeights, HostWeight, KVPool, MlaShape, Routing, Tensor, WeightSpec,
 } from '../backend.js';
 import { CpuBackend, CpuTensor } from '../cpu/cpu-backend.js';
-import { dequantRow, weightBytes } from '../cpu/dequant.js';
+import { dequantRow, weightBytes, weightDataBytes } from '../cpu/dequant.js';
 import { kernelsFor, type FormatKernels } from './formats.js';
 import { isPackedFormat } from '../../formats/quant.js';
 import { KernelPool, type Group } from './pool.js';
@@ -137,6 +137,18 @@ class SimdWeight implements DeviceWeight {
     this.br = host.blockRows ?? 0;
     this.bc = host.blockCols ?? 0;
   }
+}
+
+/**
+ * A weight's `bytes` of data at `ptr` in `shard`, as the typed array its format calls for: the
+ * reference code (embedding, the router's bias, fallbacks) reads the shard bytes through it.
+ */
+function dataView(w: Pick<HostWeight, 'format' | 'rows' | 'cols'>, bytes: number, shard: Shard, ptr: number): HostWeight['data'] {
+  const n = w.rows * w.cols;
+  return w.format === 'f32' ? shard.f32(ptr, n)
+    : w.format === 'fp8_e4m3_block' ? shard.u8(ptr, n)
+    : isPackedFormat(w.format) ? shard.u8(ptr, bytes) // blocks, as stored
+    : shard.u16(ptr, n);
 }
 
 class SimdKVPool implements KVPool {
@@ -352,15 +364,32 @@ export class SimdCpuBackend extends CpuBackend {
     if (!kernels) return new SimdWeight(hw, null, null, 0, 0);
     const shard = this.shardWithRoom(weightBytes(hw) + 128, true);
     const { ptr, scalesPtr } = this.place(hw, shard);
-    // The reference code (embedding, the router's bias, fallbacks) reads the same bytes through views.
-    const n = hw.rows * hw.cols;
-    const data = hw.format === 'f32' ? shard.f32(ptr, n)
-      : hw.format === 'fp8_e4m3_block' ? shard.u8(ptr, n)
-      : isPackedFormat(hw.format) ? shard.u8(ptr, hw.data.byteLength) // blocks, as stored
-      : shard.u16(ptr, n);
-    const view: HostWeight = { ...hw, data, scales: hw.scales ? shard.f32(scalesPtr, hw.scales.length) : undefined };
+    const view: HostWeight = { ...hw, data: dataView(hw, hw.data.byteLength, shard, ptr), scales: hw.scales ? shard.f32(scalesPtr, hw.scales.length) : undefined };
     if (!hw.scales) delete view.scales;
     return new SimdWeight(view, kernels, shard, ptr, scalesPtr);
+  }
+
+  /** Fills the weight in place in a shard (moved to the host, as uploadWeight keeps it, when no kernels take it). */
+  uploadWeightFrom(spec: WeightSpec, fill: (dst: Uint8Array) => void): DeviceWeight {
+    this.mustLive();
+    const bytes = weightDataBytes(spec.format, spec.rows, spec.cols);
+    const shard = this.shardWithRoom(bytes + 128, true);
+    const ptr = this.allocIn(shard, bytes);
+    let view: HostWeight;
+    let kernels: FormatKernels | null;
+    try {
+      fill(shard.u8(ptr, bytes));
+      view = { ...spec, data: dataView(spec, bytes, shard, ptr) };
+      kernels = kernelsFor(view);
+    } catch (e) {
+      shard.release(ptr, bytes);
+      throw e;
+    }
+    if (kernels) return new SimdWeight(view, kernels, shard, ptr, 0);
+    // No kernels for these values (f16 inf/NaN) or this format: the reference code computes on a host copy.
+    const host: HostWeight = { ...view, data: view.data.slice() };
+    shard.release(ptr, bytes);
+    return new SimdWeight(host, null, null, 0, 0);
   }
 
   override fromHost(data: Float32Array, rows: number, cols: number): Tensor {

@@ -3,9 +3,9 @@
  * Kernels dequantize a row (or a tile of rows) into scratch and compute on it, so a
  * packed weight is never inflated to float32 as a whole.
  */
-import type { HostWeight } from '../backend.js';
+import type { HostWeight, WeightFormat } from '../backend.js';
 import { e4m3Table32, f16Table32 } from '../../formats/safetensors.js';
-import { dequantizeRow, PACKED_FORMATS } from '../../formats/quant.js';
+import { dequantizeRow, isPackedFormat, packedRowBytes, PACKED_FORMATS } from '../../formats/quant.js';
 
 /** e4m3fn codes as float32 (the format module owns the decode tables). */
 const E4M3_TABLE: Float32Array = e4m3Table32();
@@ -58,6 +58,16 @@ export function dequantRow(w: HostWeight, r: number, out: Float32Array, outOffse
       return;
     }
   }
+}
+
+/** Bytes of a weight's data (HostWeight.data) in `format`, fp8 scales not included. */
+export function weightDataBytes(format: WeightFormat, rows: number, cols: number): number {
+  if (isPackedFormat(format)) {
+    const rb = packedRowBytes(format, cols);
+    if (rb === null) throw new Error(`${cols} columns is not a whole number of ${format} blocks (${PACKED_FORMATS[format].block})`);
+    return rows * rb;
+  }
+  return rows * cols * (format === 'f32' ? 4 : format === 'fp8_e4m3_block' ? 1 : 2);
 }
 
 /** Bytes the packed weight occupies (data plus scales). */
