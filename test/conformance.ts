@@ -352,6 +352,28 @@ export function backendConformance(label: string, make: () => Backend | Promise<
         }
       });
 
+      it('uploadWeightFrom (where a backend has it) gives a weight that computes as uploadWeight\'s', async (t) => {
+        if (!b.uploadWeightFrom) {
+          t.skip('no uploadWeightFrom: loaders hand a fresh buffer to uploadWeight');
+          return;
+        }
+        const rng = rngFor('buffers.uploadFrom');
+        for (const f of ALL_FORMATS) {
+          if (f.format === 'fp8_e4m3_block' || !backendSupports(b, f.format)) continue;
+          const k = blockValues(f.format) > 1 ? 2 * blockValues(f.format) : 11;
+          const hw = randomWeight(rng, f, 9, k, 1, `w.${formatName(f)}`);
+          const dw = b.uploadWeightFrom({ name: hw.name, format: f.format, rows: 9, cols: k }, (dst) => {
+            assert.equal(dst.byteLength, hw.data.byteLength);
+            dst.set(new Uint8Array(hw.data.buffer, hw.data.byteOffset, hw.data.byteLength));
+          });
+          assert.deepEqual([dw.name, dw.format, dw.rows, dw.cols], [hw.name, hw.format, 9, k]);
+          assert.ok(dw.bytes >= hw.data.byteLength);
+          const x = randMat(rng, 3, k);
+          assert.deepEqual(await b.read(b.matmul(host(x), dw)), await b.read(b.matmul(host(x), up(hw))), formatName(f));
+        }
+        assert.throws(() => b.uploadWeightFrom!({ name: 'w', format: 'f32', rows: 2, cols: 3 }, () => { throw new Error('disk gone'); }), /disk gone/);
+      });
+
       it('createKVPool keeps its shape', () => {
         const pool = b.createKVPool(3, 5, 4, 14);
         assert.deepEqual([pool.layers, pool.numBlocks, pool.blockSize, pool.width], [3, 5, 4, 14]);

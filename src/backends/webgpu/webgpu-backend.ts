@@ -25,8 +25,9 @@
 /// <reference types="@webgpu/types" />
 import type {
   AttentionBatch, Backend, DeviceInfo, DeviceWeight, ExpertWeights, HostWeight, KVPool,
-  MlaShape, RouterConfig, Routing, Tensor, WeightFormat,
+  MlaShape, RouterConfig, Routing, Tensor, WeightFormat, WeightSpec,
 } from '../backend.js';
+import { weightDataBytes } from '../cpu/dequant.js';
 import { requestAdapter } from './dawn.js';
 import {
   ARGMAX, EW, MM_TOKENS, MOE_INDEX, RMSNORM, Shader, attendBody, elementwise, matmulBody, routeBody,
@@ -414,6 +415,31 @@ export class WebGpuBackend implements Backend {
       if (rows === 0) break;
     }
     return new GpuWeight(hw.name, format, rows, cols, bytes, br, bc, parts);
+  }
+
+  /**
+   * Fills a weight that fits one storage binding straight into its buffer (mapped at creation),
+   * with no host copy of it; a larger one, split into parts, goes through a host buffer.
+   */
+  uploadWeightFrom(spec: WeightSpec, fill: (dst: Uint8Array) => void): DeviceWeight {
+    this.check();
+    const { name, format, rows, cols } = spec;
+    const bytes = weightDataBytes(format, rows, cols);
+    if (bytes > this.maxPartBytes) {
+      const data = new Uint8Array(bytes);
+      fill(data);
+      const n = rows * cols;
+      return this.uploadWeight({ ...spec, data: format === 'f32' ? new Float32Array(data.buffer, 0, n) : format === 'f16' || format === 'bf16' ? new Uint16Array(data.buffer, 0, n) : data });
+    }
+    const buf = this.device.createBuffer({ size: roundUp(Math.max(bytes, 4), 4), usage: STORAGE | COPY_DST, mappedAtCreation: true });
+    try {
+      fill(new Uint8Array(buf.getMappedRange(), 0, bytes));
+    } catch (e) {
+      buf.destroy();
+      throw e;
+    }
+    buf.unmap();
+    return new GpuWeight(name, format, rows, cols, buf.size, 1, 1, [{ row0: 0, rows, data: buf, scales: null }]);
   }
 
   fromHost(data: Float32Array, rows: number, cols: number): Tensor {
