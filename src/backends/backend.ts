@@ -158,9 +158,9 @@ export interface Backend {
    * Optional: makes a device weight whose bytes `fill` writes straight into the storage the
    * backend keeps, so a loader reading a checkpoint needs no host copy of it (a model's peak
    * memory is then its packed size, not that plus whatever copies the garbage collector has
-   * not freed yet). `dst` is weightDataBytes(format, rows, cols) long and valid only during `fill`; when
-   * `fill` throws, the backend keeps nothing. Loaders call uploadFilled (models/weights.ts),
-   * which falls back to uploadWeight over a fresh buffer for backends without this.
+   * not freed yet). `dst` is weightDataBytes(format, rows, cols) long and valid only during
+   * `fill`; when `fill` throws, the backend keeps nothing. Loaders call uploadFilled
+   * (models/weights.ts), which falls back to uploadWeight over a fresh buffer without this.
    */
   uploadWeightFrom?(spec: WeightSpec, fill: (dst: Uint8Array) => void): DeviceWeight;
   /** Copies host floats into a new tensor of the given shape. */

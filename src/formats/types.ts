@@ -29,7 +29,7 @@ export interface TensorSource {
    * Reads bytes [offset, offset + dst.byteLength) of the tensor's data into `dst`, so a loader
    * can fill memory it already holds (or read a large tensor a piece at a time).
    */
-  readInto?(name: string, dst: Uint8Array, offset?: number): void;
+  readInto(name: string, dst: Uint8Array, offset?: number): void;
   close(): void;
 }
 

@@ -73,11 +73,11 @@ export class WeightReader implements WeightSource {
   storedFormat(name: string, shape: number[]): WeightSpec['format'] | null {
     this.check(name, shape);
     const f = FORMAT_OF[this.ckpt.tensors.info(name).dtype]!;
-    return f === 'fp8_e4m3_block' || !this.ckpt.tensors.readInto ? null : f;
+    return f === 'fp8_e4m3_block' ? null : f;
   }
 
   readInto(name: string, _shape: number[], dst: Uint8Array, offset: number): void {
-    this.ckpt.tensors.readInto!(name, dst, offset);
+    this.ckpt.tensors.readInto(name, dst, offset);
   }
 
   /** Reads a 1-D or 2-D tensor (checked against `shape`) as a packed HostWeight. */
