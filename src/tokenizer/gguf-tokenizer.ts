@@ -61,6 +61,13 @@ const LLAMA3_PRE = splitThenByteLevel(
 const QWEN2_PRE = splitThenByteLevel(
   "(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\\r\\n\\p{L}\\p{N}]?\\p{L}+|\\p{N}| ?[^\\s\\p{L}\\p{N}]+[\\r\\n]*|\\s*[\\r\\n]+|\\s+(?!\\S)|\\s+", false);
 
+/**
+ * llama.cpp's names for Llama 3's pre-tokenizer. With them llama.cpp (like Llama 3's
+ * tokenizer.json, "ignore_merges") takes a pre-token that is itself in the vocabulary as one
+ * token before trying merges, and adds BOS unless the file says otherwise.
+ */
+const LLAMA3_NAMES = new Set(['llama-bpe', 'llama3', 'llama-v3']);
+
 /** By llama.cpp name; for a tokenizer.json, the first name whose pre-tokenizer it has is written. */
 const PRE_TOKENIZERS: Record<string, Json> = {
   'deepseek-v3': DEEPSEEK_V3_PRE,
@@ -108,7 +115,10 @@ export function tokenizerFromGguf(f: GgufFile): ShoalTokenizer {
     pre_tokenizer: preTokenizer,
     post_processor: { type: 'ByteLevel', add_prefix_space: true, trim_offsets: false, use_regex: true },
     decoder: { type: 'ByteLevel', add_prefix_space: true, trim_offsets: true, use_regex: true },
-    model: { type: 'BPE', dropout: null, unk_token: null, continuing_subword_prefix: null, end_of_word_suffix: null, fuse_unk: false, byte_fallback: false, vocab, merges },
+    model: {
+      type: 'BPE', dropout: null, unk_token: null, continuing_subword_prefix: null, end_of_word_suffix: null, fuse_unk: false, byte_fallback: false,
+      ignore_merges: LLAMA3_NAMES.has(pre), vocab, merges,
+    },
   };
   const tokenAt = (key: string): string | undefined => {
     const id = f.number(key);
@@ -123,7 +133,7 @@ export function tokenizerFromGguf(f: GgufFile): ShoalTokenizer {
   if (bos !== undefined) config.bos_token = bos;
   if (eos !== undefined) config.eos_token = eos;
   if (pad !== undefined) config.pad_token = pad;
-  const addBos = f.bool('tokenizer.ggml.add_bos_token');
+  const addBos = f.bool('tokenizer.ggml.add_bos_token') ?? (LLAMA3_NAMES.has(pre) ? true : undefined);
   const addEos = f.bool('tokenizer.ggml.add_eos_token');
   if (addBos !== undefined) config.add_bos_token = addBos;
   if (addEos !== undefined) config.add_eos_token = addEos;
