@@ -426,7 +426,7 @@ describe('llama.cpp (node-llama-cpp) on the same files', { skip: llamaSkip }, ()
   // product; shoal does neither. Hence a bound per row (absolute for f32, relative to the row's
   // largest logit for q8_0), and where shoal's two best logits are closer than that bound (a near
   // tie such rounding may flip), llama.cpp's choice only has to be one of them.
-  const bound = (spec: Spec, row: ArrayLike<number>) => (spec.type === 'f32' ? 0.02 : 0.03 * Math.max(...Array.from(row, Math.abs)));
+  const bound = (spec: Spec, row: ArrayLike<number>) => (spec.type === 'f32' ? 0.02 : 0.04 * Math.max(...Array.from(row, Math.abs)));
 
   for (const spec of SPECS) {
     it(`${spec.name}: same tokenization, logits within bounds with the same argmax, same greedy tokens`, async () => {
