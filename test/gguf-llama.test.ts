@@ -4,7 +4,8 @@
  * rope_freqs, tied embeddings, and f32 or q8_0 weights.
  * - shoal's logits (prefill, two sequences batched, step-by-step decode through the paged
  *   cache) match a plain reference forward written here from the file's dequantized tensors
- *   (standard GQA; NEOX RoPE for qwen2, adjacent pairs for llama), on every backend available;
+ *   (standard GQA; NEOX RoPE for qwen2, adjacent pairs for llama), on every backend available,
+ *   and split over two backends;
  * - the engine's greedy tokens are the reference's;
  * - llama.cpp (node-llama-cpp, when installed) loads the files, tokenizes like shoal, and its
  *   logits and greedy tokens agree with shoal's;
@@ -25,6 +26,7 @@ import { SimdCpuBackend } from '../src/backends/cpu-simd/simd-backend.js';
 import { WebGpuBackend } from '../src/backends/webgpu/webgpu-backend.js';
 import { webgpuUnavailable } from '../src/backends/webgpu/dawn.js';
 import type { Backend } from '../src/backends/backend.js';
+import { Placement } from '../src/engine/placement.js';
 import { tokenizerFromGguf, TOKEN_TYPE } from '../src/tokenizer/gguf-tokenizer.js';
 import { repoRoot } from './helpers.js';
 
@@ -307,10 +309,10 @@ function rows(logits: Float32Array): Float32Array[] {
  * shoal's logits for PROMPT then DECODE (prefilled in one pass together with OTHER as a second
  * sequence, then decoded one token per pass), with blocks of 4 tokens in a scrambled order.
  */
-async function shoalLogits(path: string, backend: Backend): Promise<{ main: Float32Array[]; other: Float32Array[] }> {
+async function shoalLogits(path: string, backend: Backend, placement?: Placement): Promise<{ main: Float32Array[]; other: Float32Array[] }> {
   const opened = openModelPath(path);
   try {
-    const m = loadOpenedModel(opened, backend);
+    const m = loadOpenedModel(opened, backend, { placement });
     const cache = m.createCache(8, 4);
     const tables = [Int32Array.of(5, 0, 7, 2), Int32Array.of(3, 6)];
     const L = PROMPT.length;
@@ -366,6 +368,12 @@ describe('llama/qwen2 GGUF: shoal matches a plain reference forward', () => {
       });
     }
   }
+
+  it('a pipeline over two backends (a cache pool on each) gives the single-backend logits', async () => {
+    const a = new CpuBackend(), b = new CpuBackend();
+    const split = await shoalLogits(fileOf(SPECS[2]), a, Placement.pipeline([a, b], [1, 1]));
+    assert.deepEqual(split, await shoalLogits(fileOf(SPECS[2]), new CpuBackend()));
+  });
 
   it('the engine generates the reference greedy tokens (scheduler, prefix cache, sampling)', async () => {
     const spec = SPECS[2];

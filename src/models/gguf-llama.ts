@@ -224,6 +224,6 @@ export interface LlamaGgufModel extends LlamaSource {
 /** The model in an opened llama/qwen2 GGUF (the caller closes the file on error). */
 export function llamaGgufModel(file: GgufFile): LlamaGgufModel {
   const cfg = llamaConfigFromGguf(file);
-  const neox = file.string('general.architecture', true) === 'qwen2';
-  return { label: file.path, cfg, weights: new LlamaGgufWeights(file, cfg, neox), file, close: () => file.close() };
+  const neoxRope = cfg.architecture === LLAMA_GGUF_ARCHITECTURES.qwen2;
+  return { label: file.path, cfg, weights: new LlamaGgufWeights(file, cfg, neoxRope), file, close: () => file.close() };
 }
