@@ -1,6 +1,5 @@
 /** `shoal inspect`: what a checkpoint is, from its config and headers alone (no weights read). */
 import type { Command } from 'commander';
-import { openCheckpoint } from '../formats/checkpoint.js';
 import { DeepseekModel, expectedTensors } from '../models/deepseek.js';
 import type { DeepseekConfig } from '../models/config.js';
 import type { Checkpoint } from '../formats/types.js';
