@@ -70,7 +70,7 @@ function neoxToAdjacent(headDim: number, ropeDim: number): Int32Array {
 export class LlamaGgufWeights implements WeightSource {
   private readonly order: Int32Array | null;
 
-  constructor(readonly file: GgufFile, private readonly cfg: LlamaConfig, neoxRope: boolean) {
+  constructor(readonly file: GgufFile, cfg: LlamaConfig, neoxRope: boolean) {
     this.order = neoxRope ? neoxToAdjacent(cfg.keyHeadDim, cfg.ropeDim) : null;
   }
 
