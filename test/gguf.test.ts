@@ -13,6 +13,7 @@ import { basename, join } from 'node:path';
 import { GGML, GgufType, kv, openGguf, writeGguf, type GgufMetadata, type GgufTensorToWrite } from '../src/formats/gguf.js';
 import { convertToGguf, GgufWeights, openGgufModel, type GgufOutType } from '../src/models/gguf-deepseek.js';
 import { DeepseekModel } from '../src/models/deepseek.js';
+import { openModelPath } from '../src/models/open.js';
 import { runGolden, GOLDEN_TOLERANCE, type GoldenReport } from '../src/engine/golden.js';
 import { Engine } from '../src/engine/engine.js';
 import { CpuBackend } from '../src/backends/cpu/cpu-backend.js';
@@ -355,7 +356,10 @@ describe('shoal convert: fixtures as deepseek2 GGUF', () => {
   it('metadata of another architecture is refused by name', () => {
     const p = join(tmp, 'llama.gguf');
     writeGguf(p, [['general.architecture', kv.str('llama')]], []);
-    assert.match(userError(() => openGgufModel(p)).message, /architecture "llama" is not supported \(supported: deepseek2/);
+    assert.match(userError(() => openGgufModel(p)).message, /architecture "llama" is not deepseek2/);
+    const q = join(tmp, 'gemma.gguf');
+    writeGguf(q, [['general.architecture', kv.str('gemma')]], []);
+    assert.match(userError(() => openModelPath(q)).message, /architecture "gemma" is not supported \(supported: deepseek2, llama, qwen2\)/);
   });
 });
 
@@ -438,7 +442,7 @@ describe('engine on a GGUF file', () => {
     const e = await Engine.load(fixture('deepseek-v3-tiny'), { backend: new CpuBackend(), maxContext: 64, quantize: 'q4_k' });
     try {
       const formats = new Set<string>();
-      for (const l of e.model.layers) if (l.mlp.kind === 'moe') for (const x of l.mlp.experts) formats.add(x.gate.format);
+      for (const l of (e.model as DeepseekModel).layers) if (l.mlp.kind === 'moe') for (const x of l.mlp.experts) formats.add(x.gate.format);
       assert.deepEqual([...formats], ['q4_k']);
       assert.equal((e.model as unknown as { lmHead: { format: string } }).lmHead.format, 'q6_k');
       assert.equal((e.model as unknown as { embed: { format: string } }).embed.format, 'q8_0');

@@ -14,8 +14,8 @@ import { mkdirSync, mkdtempSync, readdirSync, readFileSync, rmSync, writeFileSyn
 import { tmpdir } from 'node:os';
 import { basename, dirname, join } from 'node:path';
 import { createRequire } from 'node:module';
-import { convertToGguf, openModelPath, type GgufOutType } from '../src/models/gguf-deepseek.js';
-import { DeepseekModel } from '../src/models/deepseek.js';
+import { convertToGguf, type GgufOutType } from '../src/models/gguf-deepseek.js';
+import { loadOpenedModel, openModelPath } from '../src/models/open.js';
 import { Engine } from '../src/engine/engine.js';
 import { CpuBackend } from '../src/backends/cpu/cpu-backend.js';
 import { openSafetensors, toFloat32 } from '../src/formats/safetensors.js';
@@ -94,7 +94,7 @@ async function llamaGreedy(file: string, tokens: number[], n: number): Promise<n
 async function shoalPrefill(file: string, tokens: number[]): Promise<Float32Array> {
   const o = openModelPath(file);
   try {
-    const m = DeepseekModel.load(o.source, new CpuBackend());
+    const m = loadOpenedModel(o, new CpuBackend());
     const L = tokens.length;
     const cache = m.createCache(8, 16);
     const h = await m.forward({ tokens: Int32Array.from(tokens), positions: Int32Array.from({ length: L }, (_, i) => i), seqIndex: new Int32Array(L), blockTables: [Int32Array.from([0, 1, 2, 3])] }, cache);

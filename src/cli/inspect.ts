@@ -1,10 +1,11 @@
 /** `shoal inspect`: what a checkpoint is, from its config and headers alone (no weights read). */
 import type { Command } from 'commander';
-import { openCheckpoint } from '../formats/checkpoint.js';
 import { DeepseekModel, expectedTensors } from '../models/deepseek.js';
 import type { DeepseekConfig } from '../models/config.js';
 import type { Checkpoint } from '../formats/types.js';
-import { ggufPathOf, openGgufModel } from '../models/gguf-deepseek.js';
+import { openModelPath } from '../models/open.js';
+import { expectedLlamaTensors, type LlamaConfig } from '../models/llama.js';
+import type { GgufFile } from '../formats/gguf.js';
 
 /** What summarize needs of a model's files: which tensors exist and the bytes per stored type. */
 export interface StoredTensors {
@@ -39,7 +40,9 @@ export interface ModelSummary {
   mtpParams: number;
   /** Parameters one token passes through in the main model. */
   activeParams: number;
-  /** Latent cache per token over the main layers, stored as bf16 (what production engines store). */
+  /** How attention caches keys and values: a compressed latent (MLA) or K/V per KV head (GQA). */
+  attention: 'mla' | 'gqa';
+  /** Cache per token over the main layers, stored as bf16 (what production engines store). */
   kvBytesPerTokenBf16: number;
   /** What standard multi-head attention would cache per token (bf16 K and V for every head). */
   mhaKvBytesPerTokenBf16: number;
@@ -78,11 +81,50 @@ export function summarize(ckptOrTensors: Checkpoint | StoredTensors, cfg: Deepse
     params,
     mtpParams,
     activeParams: Math.round(activeParams),
+    attention: 'mla',
     kvBytesPerTokenBf16: cfg.numHiddenLayers * (cfg.kvLoraRank + cfg.qkRopeHeadDim) * 2,
     mhaKvBytesPerTokenBf16: cfg.numHiddenLayers * cfg.numAttentionHeads * (cfg.qkNopeHeadDim + cfg.qkRopeHeadDim + cfg.vHeadDim) * 2,
     bytesByDtype,
     totalBytes: st.totalBytes,
   };
+}
+
+/** The summary of a dense GQA model (llama/qwen2 GGUF): every parameter is active. */
+export function summarizeLlama(st: StoredTensors, cfg: LlamaConfig): ModelSummary {
+  let params = 0;
+  for (const [, shape] of expectedLlamaTensors(cfg)) params += shape.reduce((a, b) => a * b, 1);
+  const headBytes = (cfg.keyHeadDim + cfg.valueHeadDim) * 2;
+  return {
+    architecture: cfg.architecture,
+    layers: cfg.numHiddenLayers,
+    denseLayers: cfg.numHiddenLayers,
+    moeLayers: 0,
+    mtpLayers: 0,
+    routedExperts: 0,
+    sharedExperts: 0,
+    expertsPerToken: 0,
+    hiddenSize: cfg.hiddenSize,
+    vocabSize: cfg.vocabSize,
+    params,
+    mtpParams: 0,
+    activeParams: params,
+    attention: 'gqa',
+    kvBytesPerTokenBf16: cfg.numHiddenLayers * cfg.numKeyValueHeads * headBytes,
+    mhaKvBytesPerTokenBf16: cfg.numHiddenLayers * cfg.numAttentionHeads * headBytes,
+    bytesByDtype: st.bytesByDtype,
+    totalBytes: st.totalBytes,
+  };
+}
+
+/** Tensor bytes per ggml type of a GGUF file. */
+function ggufTensors(file: GgufFile, has: (name: string) => boolean): StoredTensors {
+  const bytesByDtype: Record<string, number> = {};
+  let totalBytes = 0;
+  for (const t of file.tensors.values()) {
+    bytesByDtype[t.typeName] = (bytesByDtype[t.typeName] ?? 0) + t.byteLength;
+    totalBytes += t.byteLength;
+  }
+  return { has, bytesByDtype, totalBytes };
 }
 
 function human(n: number): string {
@@ -104,27 +146,21 @@ export function registerInspect(program: Command): void {
     .requiredOption('--model <dir>', 'Hugging Face model folder or a .gguf file')
     .option('--json', 'print JSON')
     .action((o: { model: string; json?: boolean }) => {
-      const gguf = ggufPathOf(o.model);
-      const opened = gguf ? openGgufModel(gguf) : openCheckpoint(o.model);
-      const close = () => ('file' in opened ? opened.close() : opened.tensors.close());
+      const opened = openModelPath(o.model);
       try {
-        let cfg: DeepseekConfig, st: StoredTensors;
-        if ('file' in opened) {
-          // A GGUF: every tensor checked against the config; bytes per ggml type.
-          cfg = opened.cfg;
-          for (const [name, shape] of expectedTensors(cfg, true, (n) => opened.weights.has(n))) opened.weights.check(name, shape);
-          const bytesByDtype: Record<string, number> = {};
-          let totalBytes = 0;
-          for (const t of opened.file.tensors.values()) {
-            bytesByDtype[t.typeName] = (bytesByDtype[t.typeName] ?? 0) + t.byteLength;
-            totalBytes += t.byteLength;
-          }
-          st = { has: (n) => opened.weights.has(n), bytesByDtype, totalBytes };
+        let s: ModelSummary;
+        if (opened.family === 'llama') {
+          // Every tensor checked against the config, as loading would.
+          const { cfg, weights } = opened.source;
+          for (const [name, shape] of expectedLlamaTensors(cfg)) weights.check(name, shape);
+          s = summarizeLlama(ggufTensors(opened.ggufFile, (n) => weights.has(n)), cfg);
+        } else if ('file' in opened.source) {
+          const { cfg, weights, file } = opened.source;
+          for (const [name, shape] of expectedTensors(cfg, true, (n) => weights.has(n))) weights.check(name, shape);
+          s = summarize(ggufTensors(file, (n) => weights.has(n)), cfg);
         } else {
-          cfg = DeepseekModel.checkCheckpoint(opened);
-          st = checkpointTensors(opened);
+          s = summarize(checkpointTensors(opened.source), DeepseekModel.checkCheckpoint(opened.source));
         }
-        const s = summarize(st, cfg);
         if (o.json) {
           process.stdout.write(JSON.stringify(s, null, 2) + '\n');
           return;
@@ -132,15 +168,15 @@ export function registerInspect(program: Command): void {
         const lines = [
           `architecture       ${s.architecture}`,
           `layers             ${s.layers} (${s.denseLayers} dense, ${s.moeLayers} MoE) + ${s.mtpLayers} MTP`,
-          `experts            ${s.routedExperts} routed, ${s.sharedExperts} shared, ${s.expertsPerToken} per token`,
+          `experts            ${s.routedExperts ? `${s.routedExperts} routed, ${s.sharedExperts} shared, ${s.expertsPerToken} per token` : 'none (dense MLP)'}`,
           `hidden / vocab     ${s.hiddenSize} / ${s.vocabSize}`,
           `parameters         ${human(s.params)} total, ${human(s.activeParams)} active per token (+${human(s.mtpParams)} MTP)`,
-          `KV cache / token   ${bytes(s.kvBytesPerTokenBf16)} latent (bf16) vs ${bytes(s.mhaKvBytesPerTokenBf16)} for full MHA (${(s.mhaKvBytesPerTokenBf16 / s.kvBytesPerTokenBf16).toFixed(1)}x)`,
+          `KV cache / token   ${bytes(s.kvBytesPerTokenBf16)} ${s.attention === 'mla' ? 'latent' : 'K/V, GQA'} (bf16) vs ${bytes(s.mhaKvBytesPerTokenBf16)} for full MHA (${(s.mhaKvBytesPerTokenBf16 / s.kvBytesPerTokenBf16).toFixed(1)}x)`,
           `weights            ${bytes(s.totalBytes)}: ` + Object.entries(s.bytesByDtype).map(([d, b]) => `${d} ${bytes(b)}`).join(', '),
         ];
         process.stdout.write(lines.join('\n') + '\n');
       } finally {
-        close();
+        opened.close();
       }
     });
 }

@@ -5,8 +5,8 @@
 import { existsSync, readFileSync } from 'node:fs';
 import { join } from 'node:path';
 import type { Backend } from '../backends/backend.js';
-import { DeepseekModel } from '../models/deepseek.js';
-import { openModelPath } from '../models/gguf-deepseek.js';
+import type { LanguageModel } from '../models/model.js';
+import { loadOpenedModel, openModelPath } from '../models/open.js';
 import type { QuantizeType } from '../models/weights.js';
 import { loadTokenizer, type ShoalTokenizer } from '../tokenizer/tokenizer.js';
 import { tokenizerFromGguf } from '../tokenizer/gguf-tokenizer.js';
@@ -59,7 +59,7 @@ export interface GenerationStats {
 /** A checkpoint loaded onto a backend with its tokenizer: what a scheduler runs on. */
 export interface LoadedModel {
   dir: string;
-  model: DeepseekModel;
+  model: LanguageModel;
   tokenizer: ShoalTokenizer;
   backend: Backend;
   /** Sampling defaults from generation_config.json, else greedy. */
@@ -74,17 +74,17 @@ export interface LoadModelOptions {
 }
 
 /**
- * Opens a Hugging Face model folder or a .gguf file (llama.cpp's deepseek2), uploads its
- * weights to `backend` and loads its tokenizer.
+ * Opens a Hugging Face model folder or a .gguf file (llama.cpp's deepseek2, llama or qwen2),
+ * uploads its weights to `backend` and loads its tokenizer.
  */
 export async function loadModel(dir: string, backend: Backend, onProgress?: (done: number, total: number) => void, opts: LoadModelOptions = {}): Promise<LoadedModel> {
   const opened = openModelPath(dir);
   try {
-    const model = DeepseekModel.load(opened.source, backend, { onProgress, quantize: opts.quantize });
+    const model = loadOpenedModel(opened, backend, { onProgress, quantize: opts.quantize });
     // A GGUF carries its tokenizer and chat template; it has no generation_config (greedy by default).
-    const tokenizer = opened.gguf ? tokenizerFromGguf(opened.gguf.file) : await loadTokenizer(dir);
-    const defaultSampling = opened.gguf ? readGenerationConfig('') : readGenerationConfig(dir);
-    if (opened.gguf) opened.close(); // every tensor has been read
+    const tokenizer = opened.ggufFile ? tokenizerFromGguf(opened.ggufFile) : await loadTokenizer(dir);
+    const defaultSampling = opened.ggufFile ? readGenerationConfig('') : readGenerationConfig(dir);
+    if (opened.ggufFile) opened.close(); // every tensor has been read
     return {
       dir, model, tokenizer, backend, defaultSampling,
       close: () => { opened.close(); backend.dispose(); },
@@ -98,7 +98,7 @@ export async function loadModel(dir: string, backend: Backend, onProgress?: (don
 /** A loaded model and the scheduler that runs its generations. */
 export class Engine {
   readonly scheduler: Scheduler;
-  readonly model: DeepseekModel;
+  readonly model: LanguageModel;
   readonly tokenizer: ShoalTokenizer;
   readonly backend: Backend;
   readonly defaultSampling: SamplingParams;

@@ -6,8 +6,7 @@ import { existsSync, readFileSync } from 'node:fs';
 import { join } from 'node:path';
 import type { Backend } from '../backends/backend.js';
 import { openSafetensors, toFloat32 } from '../formats/safetensors.js';
-import { DeepseekModel } from '../models/deepseek.js';
-import { openModelPath } from '../models/gguf-deepseek.js';
+import { loadOpenedModel, openModelPath } from '../models/open.js';
 import type { QuantizeType } from '../models/weights.js';
 import { UserError } from '../errors.js';
 import { BlockAllocator, SequenceBlocks } from './kv-cache.js';
@@ -92,7 +91,7 @@ export async function runGolden(dir: string, backend: Backend, tol = GOLDEN_TOLE
     throw e;
   }
   try {
-    const model = DeepseekModel.load(opened.source, backend, { quantize: opts.quantize });
+    const model = loadOpenedModel(opened, backend, { quantize: opts.quantize });
     const V = model.cfg.vocabSize;
     const refArray = (name: string) => {
       const info = ref.info(name);
@@ -133,7 +132,7 @@ export async function runGolden(dir: string, backend: Backend, tol = GOLDEN_TOLE
     }
 
     // MTP: position i sees hidden h_i and the embedding of prompt[i+1] (zeroed at position 0).
-    if (model.mtp.length && ref.has('mtp_logits')) {
+    if (model.mtpForward && model.mtp.length && ref.has('mtp_logits')) {
       const n = L - 1;
       const next = Int32Array.from({ length: n }, (_, i) => (i === 0 ? -1 : prompt[i + 1]));
       const rows = Int32Array.from({ length: n }, (_, i) => i);

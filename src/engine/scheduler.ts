@@ -13,7 +13,7 @@
  */
 import { createHash } from 'node:crypto';
 import type { Backend, Tensor } from '../backends/backend.js';
-import type { DeepseekModel, LayerRouting, ModelCache } from '../models/deepseek.js';
+import type { LanguageModel, LayerRouting, ModelCache } from '../models/model.js';
 import type { ShoalTokenizer, StreamDecoder } from '../tokenizer/tokenizer.js';
 import { UserError } from '../errors.js';
 import { BlockAllocator } from './kv-cache.js';
@@ -128,7 +128,7 @@ export class Scheduler {
   private readonly eos: number[];
   readonly speculative: 'mtp' | null;
 
-  constructor(readonly model: DeepseekModel, readonly tokenizer: ShoalTokenizer, readonly backend: Backend, readonly opts: SchedulerOptions) {
+  constructor(readonly model: LanguageModel, readonly tokenizer: ShoalTokenizer, readonly backend: Backend, readonly opts: SchedulerOptions) {
     const cfg = model.cfg;
     this.maxContext = Math.min(opts.maxContext ?? 4096, cfg.maxPositionEmbeddings);
     const blockSize = opts.blockSize ?? 16;
@@ -143,7 +143,7 @@ export class Scheduler {
     this.maxBatchTokens = Math.max(opts.maxBatchTokens ?? 256, opts.maxRunning * 2);
     this.defaults = opts.defaultSampling ?? { ...defaultSamplingParams(), temperature: 0 };
     this.speculative = opts.speculative ?? null;
-    if (this.speculative === 'mtp' && !model.mtp.length) throw new UserError('this checkpoint has no MTP layer (num_nextn_predict_layers is 0)', '--speculative');
+    if (this.speculative === 'mtp' && !(model.mtp.length && model.mtpForward)) throw new UserError('this checkpoint has no MTP layer (num_nextn_predict_layers is 0)', '--speculative');
     const eos = new Set(cfg.eosTokenIds);
     if (tokenizer.eosTokenId !== undefined) eos.add(tokenizer.eosTokenId);
     this.eos = [...eos];
@@ -453,7 +453,7 @@ export class Scheduler {
     const b = this.model.placement.backendFor(this.model.cfg.numHiddenLayers - 1);
     const h = b.gatherRows(hidden, Int32Array.from(rows));
     const batch = { positions: Int32Array.from(positions), seqIndex: Int32Array.from(seqIndex), blockTables };
-    const { logits } = await this.model.mtpForward(0, h, Int32Array.from(next), batch, this.cache);
+    const { logits } = await this.model.mtpForward!(0, h, Int32Array.from(next), batch, this.cache);
     if (!drafting.length) return;
     const mb = this.model.mtp[0].decoder.backend;
     const best = await mb.argmaxRows(mb.gatherRows(logits, Int32Array.from(drafting.map((d) => d.i))));

@@ -8,12 +8,15 @@
  * inference/model.py, which the golden fixtures come from.
  */
 import type {
-  AttentionBatch, Backend, DeviceWeight, ExpertWeights, KVPool, MlaShape, RouterConfig, Routing, Tensor,
+  AttentionBatch, Backend, DeviceWeight, ExpertWeights, MlaShape, RouterConfig, Tensor,
 } from '../backends/backend.js';
 import type { Checkpoint } from '../formats/types.js';
 import { parseDeepseekConfig, type DeepseekConfig } from './config.js';
-import { WeightPreparer, WeightReader, type QuantizeType, type WeightSource } from './weights.js';
+import { WeightPreparer, WeightReader, type WeightSource } from './weights.js';
 import { Placement } from '../engine/placement.js';
+import { createModelCache, type ForwardBatch, type LanguageModel, type LayerRouting, type LoadOptions, type ModelCache } from './model.js';
+
+export type { ForwardBatch, LayerRouting, LoadOptions, ModelCache } from './model.js';
 
 // ---- rotary embedding ------------------------------------------------------------------
 
@@ -102,27 +105,6 @@ interface MtpLayer {
   head: DeviceWeight;
 }
 
-/** One forward step: new tokens of one or more sequences, and where their cache lives. */
-export interface ForwardBatch extends AttentionBatch {
-  tokens: Int32Array;
-}
-
-/** Per-backend latent-cache pools for every layer of the model (main + MTP). */
-export interface ModelCache {
-  pools: Map<Backend, KVPool>;
-  blockSize: number;
-  numBlocks: number;
-  /** Global layer index -> its layer index inside its backend's pool. */
-  poolLayer: number[];
-}
-
-/** A MoE layer's routing decision, collected on request (for statistics and visualisation). */
-export interface LayerRouting {
-  layer: number;
-  backend: Backend;
-  routing: Routing;
-}
-
 /** A model that is not a Hugging Face folder (a GGUF file): its config and its weights by HF name. */
 export interface ModelSource {
   /** Named in messages (the file). */
@@ -131,17 +113,7 @@ export interface ModelSource {
   weights: WeightSource;
 }
 
-export interface LoadOptions {
-  placement?: Placement;
-  /** Pack projection weights on load (`--quantize`). */
-  quantize?: QuantizeType | null;
-  /** Where load notes go (format conversions); default stderr. */
-  log?: (line: string) => void;
-  /** Called after each layer is uploaded (for progress display). */
-  onProgress?: (done: number, total: number) => void;
-}
-
-export class DeepseekModel {
+export class DeepseekModel implements LanguageModel {
   readonly cfg: DeepseekConfig;
   readonly mla: MlaShape;
   readonly router: RouterConfig;
@@ -249,17 +221,7 @@ export class DeepseekModel {
 
   /** Allocates the paged latent cache: `numBlocks` blocks of `blockSize` tokens on every backend. */
   createCache(numBlocks: number, blockSize: number): ModelCache {
-    const width = this.cfg.kvLoraRank + this.cfg.qkRopeHeadDim;
-    const counts = new Map<Backend, number>();
-    const poolLayer: number[] = [];
-    for (let i = 0; i < this.cacheLayers; i++) {
-      const b = this.placement.backendFor(i);
-      poolLayer.push(counts.get(b) ?? 0);
-      counts.set(b, (counts.get(b) ?? 0) + 1);
-    }
-    const pools = new Map<Backend, KVPool>();
-    for (const [b, n] of counts) pools.set(b, b.createKVPool(n, numBlocks, blockSize, width));
-    return { pools, blockSize, numBlocks, poolLayer };
+    return createModelCache(this.placement, this.cacheLayers, 1, this.cfg.kvLoraRank + this.cfg.qkRopeHeadDim, numBlocks, blockSize);
   }
 
   /** Bytes of latent cache one token takes over all layers (float32 storage). */

@@ -27,7 +27,7 @@ import { UserError } from '../errors.js';
 import type { HostWeight, WeightFormat, WeightSpec } from '../backends/backend.js';
 import { GGML, GgufType, kv, openGguf, writeGguf, type GgufFile, type GgufMetadata, type GgufTensorToWrite } from '../formats/gguf.js';
 import { openCheckpoint } from '../formats/checkpoint.js';
-import type { Checkpoint, DType } from '../formats/types.js';
+import type { DType } from '../formats/types.js';
 import { dequantRow } from '../backends/cpu/dequant.js';
 import { parseDeepseekConfig, type DeepseekConfig } from './config.js';
 import { DeepseekModel, type ModelSource } from './deepseek.js';
@@ -37,7 +37,7 @@ import { ggufTokenizerMetadata } from '../tokenizer/gguf-tokenizer.js';
 const ARCH = 'deepseek2';
 
 /** ggml types shoal computes on, and their weight formats. */
-const FORMAT_OF_GGML: Record<number, WeightSpec['format']> = {
+export const FORMAT_OF_GGML: Record<number, WeightSpec['format']> = {
   [GGML.F32]: 'f32', [GGML.F16]: 'f16', [GGML.BF16]: 'bf16', [GGML.Q8_0]: 'q8_0', [GGML.Q4_0]: 'q4_0', [GGML.Q4_K]: 'q4_k', [GGML.Q6_K]: 'q6_k',
 };
 const GGML_OF_FORMAT: Partial<Record<WeightFormat, number>> = {
@@ -98,7 +98,7 @@ export function ggufPlaceOf(hfName: string): GgufPlace | null {
 
 // ---- reading: weights ------------------------------------------------------------------------
 
-function sameShape(a: readonly number[], b: readonly number[]): boolean {
+export function sameShape(a: readonly number[], b: readonly number[]): boolean {
   return a.length === b.length && a.every((v, i) => v === b[i]);
 }
 
@@ -229,7 +229,7 @@ export class GgufWeights implements WeightSource {
 /** The DeepseekConfig a deepseek2 GGUF describes (validated like config.json). */
 export function configFromGguf(f: GgufFile): DeepseekConfig {
   const arch = f.string('general.architecture', true);
-  if (arch !== ARCH) throw new UserError(`architecture "${arch}" is not supported (supported: ${ARCH}, i.e. DeepSeek V2/V3)`, f.path);
+  if (arch !== ARCH) throw new UserError(`architecture "${arch}" is not ${ARCH} (DeepSeek V2/V3)`, f.path);
   const k = (key: string) => `${ARCH}.${key}`;
   const num = (key: string) => f.number(k(key));
   const req = (key: string) => f.number(k(key), true);
@@ -318,12 +318,17 @@ export interface GgufModel extends ModelSource {
 export function openGgufModel(path: string): GgufModel {
   const file = openGguf(path);
   try {
-    const cfg = configFromGguf(file);
-    return { label: path, cfg, weights: new GgufWeights(file, cfg), file, close: () => file.close() };
+    return deepseekGgufModel(file);
   } catch (e) {
     file.close();
     throw e;
   }
+}
+
+/** The model in an opened deepseek2 GGUF (the caller closes the file on error). */
+export function deepseekGgufModel(file: GgufFile): GgufModel {
+  const cfg = configFromGguf(file);
+  return { label: file.path, cfg, weights: new GgufWeights(file, cfg), file, close: () => file.close() };
 }
 
 /** Whether a path names a GGUF file (by extension, or a folder holding model.gguf and no config.json). */
@@ -335,23 +340,6 @@ export function ggufPathOf(path: string): string | null {
     // not there: the caller's open reports it
   }
   return null;
-}
-
-/** A model path opened either way: a Hugging Face folder or a GGUF file. */
-export interface OpenedModel {
-  source: Checkpoint | GgufModel;
-  gguf: GgufModel | null;
-  close(): void;
-}
-
-export function openModelPath(path: string): OpenedModel {
-  const g = ggufPathOf(path);
-  if (g) {
-    const m = openGgufModel(g);
-    return { source: m, gguf: m, close: () => m.close() };
-  }
-  const ckpt = openCheckpoint(path);
-  return { source: ckpt, gguf: null, close: () => ckpt.tensors.close() };
 }
 
 // ---- writing ---------------------------------------------------------------------------------

@@ -6,8 +6,8 @@
  * "a b", token types, bos/eos ids, add_bos/add_eos, chat template).
  *
  * llama.cpp names the pre-tokenizer (tokenizer.ggml.pre) instead of storing its regexes;
- * we know the DeepSeek V3 one (also used by R1, V3.1, Kimi-free DeepSeek exports) and
- * GPT-2's default.
+ * we know the DeepSeek V3 one (also used by R1, V3.1, Kimi-free DeepSeek exports), Llama 3's
+ * (DeepSeek-R1-Distill-Llama), Qwen2's (DeepSeek-R1-Distill-Qwen) and GPT-2's default.
  */
 import { existsSync, readFileSync } from 'node:fs';
 import { join } from 'node:path';
@@ -39,7 +39,46 @@ const DEEPSEEK_V3_PRE: Json = {
 /** GPT-2's byte-level pre-tokenizer with its built-in regex (llama.cpp's "default" / "gpt2"). */
 const GPT2_PRE: Json = { type: 'ByteLevel', add_prefix_space: false, trim_offsets: true, use_regex: true };
 
-const PRE_TOKENIZERS: Record<string, Json> = { 'deepseek-v3': DEEPSEEK_V3_PRE, default: GPT2_PRE, gpt2: GPT2_PRE };
+/**
+ * A Split on `regex` (as the models' tokenizer.json write it: `(?i:...)` for the contractions,
+ * which llama.cpp spells out as [sS] etc.), then byte-level mapping.
+ */
+function splitThenByteLevel(regex: string, trimOffsets: boolean): Json {
+  return {
+    type: 'Sequence',
+    pretokenizers: [
+      { type: 'Split', pattern: { Regex: regex }, behavior: 'Isolated', invert: false },
+      { type: 'ByteLevel', add_prefix_space: false, trim_offsets: trimOffsets, use_regex: false },
+    ],
+  };
+}
+
+/** Llama 3's pre-tokenizer (llama.cpp's "llama-bpe"): digits in runs of up to three. */
+const LLAMA3_PRE = splitThenByteLevel(
+  "(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\\r\\n\\p{L}\\p{N}]?\\p{L}+|\\p{N}{1,3}| ?[^\\s\\p{L}\\p{N}]+[\\r\\n]*|\\s*[\\r\\n]+|\\s+(?!\\S)|\\s+", true);
+
+/** Qwen2's pre-tokenizer (llama.cpp's "qwen2", and "deepseek-r1-qwen" for the R1 distills): single digits. */
+const QWEN2_PRE = splitThenByteLevel(
+  "(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\\r\\n\\p{L}\\p{N}]?\\p{L}+|\\p{N}| ?[^\\s\\p{L}\\p{N}]+[\\r\\n]*|\\s*[\\r\\n]+|\\s+(?!\\S)|\\s+", false);
+
+/**
+ * llama.cpp's names for Llama 3's pre-tokenizer. With them llama.cpp (like Llama 3's
+ * tokenizer.json, "ignore_merges") takes a pre-token that is itself in the vocabulary as one
+ * token before trying merges, and adds BOS unless the file says otherwise.
+ */
+const LLAMA3_NAMES = new Set(['llama-bpe', 'llama3', 'llama-v3']);
+
+/** By llama.cpp name; for a tokenizer.json, the first name whose pre-tokenizer it has is written. */
+const PRE_TOKENIZERS: Record<string, Json> = {
+  'deepseek-v3': DEEPSEEK_V3_PRE,
+  default: GPT2_PRE,
+  gpt2: GPT2_PRE,
+  'llama-bpe': LLAMA3_PRE,
+  llama3: LLAMA3_PRE,
+  'llama-v3': LLAMA3_PRE,
+  qwen2: QWEN2_PRE,
+  'deepseek-r1-qwen': QWEN2_PRE,
+};
 
 function canonical(v: unknown): string {
   return JSON.stringify(v, (_k, x) => (x && typeof x === 'object' && !Array.isArray(x) ? Object.fromEntries(Object.entries(x).sort(([a], [b]) => (a < b ? -1 : 1))) : x));
@@ -76,7 +115,10 @@ export function tokenizerFromGguf(f: GgufFile): ShoalTokenizer {
     pre_tokenizer: preTokenizer,
     post_processor: { type: 'ByteLevel', add_prefix_space: true, trim_offsets: false, use_regex: true },
     decoder: { type: 'ByteLevel', add_prefix_space: true, trim_offsets: true, use_regex: true },
-    model: { type: 'BPE', dropout: null, unk_token: null, continuing_subword_prefix: null, end_of_word_suffix: null, fuse_unk: false, byte_fallback: false, vocab, merges },
+    model: {
+      type: 'BPE', dropout: null, unk_token: null, continuing_subword_prefix: null, end_of_word_suffix: null, fuse_unk: false, byte_fallback: false,
+      ignore_merges: LLAMA3_NAMES.has(pre), vocab, merges,
+    },
   };
   const tokenAt = (key: string): string | undefined => {
     const id = f.number(key);
@@ -91,7 +133,7 @@ export function tokenizerFromGguf(f: GgufFile): ShoalTokenizer {
   if (bos !== undefined) config.bos_token = bos;
   if (eos !== undefined) config.eos_token = eos;
   if (pad !== undefined) config.pad_token = pad;
-  const addBos = f.bool('tokenizer.ggml.add_bos_token');
+  const addBos = f.bool('tokenizer.ggml.add_bos_token') ?? (LLAMA3_NAMES.has(pre) ? true : undefined);
   const addEos = f.bool('tokenizer.ggml.add_eos_token');
   if (addBos !== undefined) config.add_bos_token = addBos;
   if (addEos !== undefined) config.add_eos_token = addEos;
@@ -137,7 +179,7 @@ export function ggufTokenizerMetadata(dir: string, vocabSize: number, ids: { bos
   if (!model || model.type !== 'BPE') throw new UserError(`only byte-level BPE tokenizers can be written to GGUF (this one is ${String(model?.type)})`, tjPath);
   let pre: string | undefined;
   for (const [name, json] of Object.entries(PRE_TOKENIZERS)) if (canonical(json) === canonical(tj.pre_tokenizer)) { pre = name; break; }
-  if (!pre) throw new UserError('its pre-tokenizer is not one llama.cpp names (supported: DeepSeek V3\'s, GPT-2\'s)', tjPath);
+  if (!pre) throw new UserError('its pre-tokenizer is not one llama.cpp names (supported: DeepSeek V3\'s, Llama 3\'s, Qwen2\'s, GPT-2\'s)', tjPath);
   const tokens: string[] = Array.from({ length: vocabSize }, (_, i) => `[PAD${i}]`);
   const types: number[] = new Array(vocabSize).fill(TOKEN_TYPE.UNUSED);
   for (const [t, id] of Object.entries(model.vocab as Record<string, number>)) {
