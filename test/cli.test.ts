@@ -96,6 +96,18 @@ describe('shoal inspect / tokenize / run', () => {
     assert.ok(Array.isArray(ids) && ids[0] === 0 && ids.length > 1);
   });
 
+  it('tokenize reads the tokenizer embedded in a .gguf: same ids as the folder it was converted from', () => {
+    const out = join(mkdtempSync(join(tmpdir(), 'shoal-tok-')), 'tiny.gguf');
+    const c = shoal('convert', '--model', fixture('deepseek-v3-tiny'), '--out', out, '--type', 'bf16');
+    assert.equal(c.code, 0, c.stderr);
+    for (const args of [['--text', 'hello world, 123'], ['--text', 'hi', '--chat']]) {
+      const fromDir = shoal('tokenize', '--model', fixture('deepseek-v3-tiny'), ...args);
+      const fromGguf = shoal('tokenize', '--model', out, ...args);
+      assert.equal(fromGguf.code, 0, fromGguf.stderr);
+      assert.deepEqual(JSON.parse(fromGguf.stdout), JSON.parse(fromDir.stdout), args.join(' '));
+    }
+  });
+
   it('run --speculative mtp on the demo model: same greedy text, acceptance above zero', () => {
     const demo = join(repoRoot, 'models/demo');
     const args = ['run', '--model', demo, '--prompt', 'And God said', '--max-tokens', '30', '--temperature', '0', '--ignore-eos'];
