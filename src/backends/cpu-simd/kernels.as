@@ -908,12 +908,16 @@ export function quantize_q8(x: usize, xs: i32, n: i32, k: i32, bl: i32, codes: u
   return i32x4.add(v128.shuffle<i32>(ab, cd, 0, 1, 4, 5), v128.shuffle<i32>(ab, cd, 2, 3, 6, 7));
 }
 
-/** Σ over 32 values of int16 weights w0..w3 times the int16 activation codes at x (i32x4 partial sums). */
+/** Σ over 32 values of int16 weights w0..w3 times int16 activation codes x0..x3 (i32x4 partial sums). */
+// @ts-ignore: decorator
+@inline function dot32(w0: v128, w1: v128, w2: v128, w3: v128, x0: v128, x1: v128, x2: v128, x3: v128): v128 {
+  return i32x4.add(i32x4.add(i32x4.dot_i16x8_s(w0, x0), i32x4.dot_i16x8_s(w1, x1)), i32x4.add(i32x4.dot_i16x8_s(w2, x2), i32x4.dot_i16x8_s(w3, x3)));
+}
+
+/** dot32 with the activation codes at x. */
 // @ts-ignore: decorator
 @inline function idot32(w0: v128, w1: v128, w2: v128, w3: v128, x: usize): v128 {
-  const s01 = i32x4.add(i32x4.dot_i16x8_s(w0, v128.load(x)), i32x4.dot_i16x8_s(w1, v128.load(x + 16)));
-  const s23 = i32x4.add(i32x4.dot_i16x8_s(w2, v128.load(x + 32)), i32x4.dot_i16x8_s(w3, v128.load(x + 48)));
-  return i32x4.add(s01, s23);
+  return dot32(w0, w1, w2, w3, v128.load(x), v128.load(x, 16), v128.load(x, 32), v128.load(x, 48));
 }
 
 /**
@@ -1026,24 +1030,117 @@ export function quantize_q8(x: usize, xs: i32, n: i32, k: i32, bl: i32, codes: u
   store<f32>(out + 3 * osb, f32x4.extract_lane(acc, 3));
 }
 
+/** Row wr · tokens i..i+7: idot4 for eight tokens (each unpacked weight serves eight). */
+// @ts-ignore: decorator
+@inline function idot8<F>(xc: usize, sc: usize, sums: usize, np: i32, i: i32, wr: usize, k: i32, out: usize, osb: usize): void {
+  const nb = k / qValues<F>(), subs = qValues<F>() >> 5;
+  const xsb = <usize>k << 1, ssb = <usize>(k >> 5) << 1;
+  const x0 = xc + <usize>i * xsb;
+  let accA = f32x4.splat(0), accB = f32x4.splat(0);
+  for (let b = 0; b < nb; b++) {
+    const blk = wr + <usize>b * qBytes<F>();
+    let a0 = i32x4.splat(0), a1 = i32x4.splat(0), a2 = i32x4.splat(0), a3 = i32x4.splat(0);
+    let a4 = i32x4.splat(0), a5 = i32x4.splat(0), a6 = i32x4.splat(0), a7 = i32x4.splat(0);
+    for (let s = 0; s < subs; s++) {
+      const sc0 = i16x8.splat(<i16>isub0<F>(blk, s)), sc1 = i16x8.splat(<i16>isub1<F>(blk, s));
+      const w0 = iw<F>(blk, s, 0, sc0, sc1), w1 = iw<F>(blk, s, 1, sc0, sc1), w2 = iw<F>(blk, s, 2, sc0, sc1), w3 = iw<F>(blk, s, 3, sc0, sc1);
+      const o = x0 + ((<usize>(b * qValues<F>() + (s << 5))) << 1);
+      a0 = i32x4.add(a0, idot32(w0, w1, w2, w3, o));
+      a1 = i32x4.add(a1, idot32(w0, w1, w2, w3, o + xsb));
+      a2 = i32x4.add(a2, idot32(w0, w1, w2, w3, o + 2 * xsb));
+      a3 = i32x4.add(a3, idot32(w0, w1, w2, w3, o + 3 * xsb));
+      a4 = i32x4.add(a4, idot32(w0, w1, w2, w3, o + 4 * xsb));
+      a5 = i32x4.add(a5, idot32(w0, w1, w2, w3, o + 5 * xsb));
+      a6 = i32x4.add(a6, idot32(w0, w1, w2, w3, o + 6 * xsb));
+      a7 = i32x4.add(a7, idot32(w0, w1, w2, w3, o + 7 * xsb));
+    }
+    const d = f32x4.splat(dScale<F>(blk));
+    let vA = f32x4.mul(f32x4.convert_i32x4_s(hsum4(a0, a1, a2, a3)), d);
+    let vB = f32x4.mul(f32x4.convert_i32x4_s(hsum4(a4, a5, a6, a7)), d);
+    if (isQ4_K<F>()) {
+      const m = imins(blk), dmin = f32x4.splat(half(<u32>load<u16>(blk + 2)));
+      const sp = sums + (<usize>i * ssb) + (<usize>b << 4);
+      const mA = hsum4(i32x4.dot_i16x8_s(m, v128.load(sp)), i32x4.dot_i16x8_s(m, v128.load(sp + ssb)),
+        i32x4.dot_i16x8_s(m, v128.load(sp + 2 * ssb)), i32x4.dot_i16x8_s(m, v128.load(sp + 3 * ssb)));
+      const mB = hsum4(i32x4.dot_i16x8_s(m, v128.load(sp + 4 * ssb)), i32x4.dot_i16x8_s(m, v128.load(sp + 5 * ssb)),
+        i32x4.dot_i16x8_s(m, v128.load(sp + 6 * ssb)), i32x4.dot_i16x8_s(m, v128.load(sp + 7 * ssb)));
+      vA = f32x4.sub(vA, f32x4.mul(f32x4.convert_i32x4_s(mA), dmin));
+      vB = f32x4.sub(vB, f32x4.mul(f32x4.convert_i32x4_s(mB), dmin));
+    }
+    accA = f32x4.add(accA, f32x4.mul(vA, v128.load(fptr(sc, b * np + i))));
+    accB = f32x4.add(accB, f32x4.mul(vB, v128.load(fptr(sc, b * np + i + 4))));
+  }
+  store<f32>(out, f32x4.extract_lane(accA, 0));
+  store<f32>(out + osb, f32x4.extract_lane(accA, 1));
+  store<f32>(out + 2 * osb, f32x4.extract_lane(accA, 2));
+  store<f32>(out + 3 * osb, f32x4.extract_lane(accA, 3));
+  store<f32>(out + 4 * osb, f32x4.extract_lane(accB, 0));
+  store<f32>(out + 5 * osb, f32x4.extract_lane(accB, 1));
+  store<f32>(out + 6 * osb, f32x4.extract_lane(accB, 2));
+  store<f32>(out + 7 * osb, f32x4.extract_lane(accB, 3));
+}
+
 // @ts-ignore: decorator
 @inline function isum(v: v128): i32 {
   return i32x4.extract_lane(v, 0) + i32x4.extract_lane(v, 1) + i32x4.extract_lane(v, 2) + i32x4.extract_lane(v, 3);
 }
 
-/** Row wr · token i (the one-token twin of idot4, for the last tokens of a panel). */
+/** Sub-block s of the block at blk (unpacked, scaled as iw) · activation codes x0..x3. */
+// @ts-ignore: decorator
+@inline function isub<F>(blk: usize, s: i32, x0: v128, x1: v128, x2: v128, x3: v128): v128 {
+  const sc0 = i16x8.splat(<i16>isub0<F>(blk, s)), sc1 = i16x8.splat(<i16>isub1<F>(blk, s));
+  return dot32(iw<F>(blk, s, 0, sc0, sc1), iw<F>(blk, s, 1, sc0, sc1), iw<F>(blk, s, 2, sc0, sc1), iw<F>(blk, s, 3, sc0, sc1), x0, x1, x2, x3);
+}
+
+/**
+ * Rows wr + j·rowBytes (j < 4) · token i, results to out[0..3] (one output row): for the tokens
+ * left over after the token tiles, and single tokens. Each activation load serves four rows.
+ */
+// @ts-ignore: decorator
+@inline function idot4r<F>(xc: usize, sc: usize, sums: usize, np: i32, i: i32, wr: usize, rowBytes: usize, k: i32, out: usize): void {
+  const nb = k / qValues<F>(), subs = qValues<F>() >> 5;
+  const xr = xc + <usize>i * (<usize>k << 1), sr = sums + <usize>i * (<usize>(k >> 5) << 1);
+  let acc = f32x4.splat(0);
+  for (let b = 0; b < nb; b++) {
+    const w0 = wr + <usize>b * qBytes<F>(), w1 = w0 + rowBytes, w2 = w1 + rowBytes, w3 = w2 + rowBytes;
+    let a0 = i32x4.splat(0), a1 = i32x4.splat(0), a2 = i32x4.splat(0), a3 = i32x4.splat(0);
+    for (let s = 0; s < subs; s++) {
+      const o = xr + ((<usize>(b * qValues<F>() + (s << 5))) << 1);
+      const x0 = v128.load(o), x1 = v128.load(o, 16), x2 = v128.load(o, 32), x3 = v128.load(o, 48);
+      a0 = i32x4.add(a0, isub<F>(w0, s, x0, x1, x2, x3));
+      a1 = i32x4.add(a1, isub<F>(w1, s, x0, x1, x2, x3));
+      a2 = i32x4.add(a2, isub<F>(w2, s, x0, x1, x2, x3));
+      a3 = i32x4.add(a3, isub<F>(w3, s, x0, x1, x2, x3));
+    }
+    let d = f32x4.splat(dScale<F>(w0));
+    d = f32x4.replace_lane(d, 1, dScale<F>(w1)); d = f32x4.replace_lane(d, 2, dScale<F>(w2)); d = f32x4.replace_lane(d, 3, dScale<F>(w3));
+    let v = f32x4.mul(f32x4.convert_i32x4_s(hsum4(a0, a1, a2, a3)), d);
+    if (isQ4_K<F>()) {
+      const xs = v128.load(sr + (<usize>b << 4));
+      const mins = hsum4(i32x4.dot_i16x8_s(imins(w0), xs), i32x4.dot_i16x8_s(imins(w1), xs), i32x4.dot_i16x8_s(imins(w2), xs), i32x4.dot_i16x8_s(imins(w3), xs));
+      let dmin = f32x4.splat(half(<u32>load<u16>(w0 + 2)));
+      dmin = f32x4.replace_lane(dmin, 1, half(<u32>load<u16>(w1 + 2)));
+      dmin = f32x4.replace_lane(dmin, 2, half(<u32>load<u16>(w2 + 2)));
+      dmin = f32x4.replace_lane(dmin, 3, half(<u32>load<u16>(w3 + 2)));
+      v = f32x4.sub(v, f32x4.mul(f32x4.convert_i32x4_s(mins), dmin));
+    }
+    acc = f32x4.add(acc, f32x4.mul(v, f32x4.splat(load<f32>(fptr(sc, b * np + i)))));
+  }
+  v128.store(out, acc);
+}
+
+/** Row wr · token i (for the rows left over when a share does not end on a multiple of four). */
 // @ts-ignore: decorator
 @inline function idot1<F>(xc: usize, sc: usize, sums: usize, np: i32, i: i32, wr: usize, k: i32): f32 {
   const nb = k / qValues<F>(), subs = qValues<F>() >> 5;
-  const x0 = xc + <usize>i * (<usize>k << 1);
+  const xr = xc + <usize>i * (<usize>k << 1);
   let acc: f32 = 0;
   for (let b = 0; b < nb; b++) {
     const blk = wr + <usize>b * qBytes<F>();
     let a = i32x4.splat(0);
     for (let s = 0; s < subs; s++) {
-      const sc0 = i16x8.splat(<i16>isub0<F>(blk, s)), sc1 = i16x8.splat(<i16>isub1<F>(blk, s));
-      const o = (<usize>(b * qValues<F>() + (s << 5))) << 1;
-      a = i32x4.add(a, idot32(iw<F>(blk, s, 0, sc0, sc1), iw<F>(blk, s, 1, sc0, sc1), iw<F>(blk, s, 2, sc0, sc1), iw<F>(blk, s, 3, sc0, sc1), x0 + o));
+      const o = xr + ((<usize>(b * qValues<F>() + (s << 5))) << 1);
+      a = i32x4.add(a, isub<F>(blk, s, v128.load(o), v128.load(o, 16), v128.load(o, 32), v128.load(o, 48)));
     }
     let v = <f32>isum(a) * dScale<F>(blk);
     if (isQ4_K<F>()) {
@@ -1067,12 +1164,22 @@ export function quantize_q8(x: usize, xs: i32, n: i32, k: i32, bl: i32, codes: u
   const np = (n + 3) & ~3, osb = <usize>os << 2;
   for (let p0 = 0; p0 < n; p0 += TOKEN_PANEL) {
     const p1 = min(n, p0 + TOKEN_PANEL);
-    for (let r = a; r < b; r++) {
+    // Token tiles of 8 and 4 row by row; the last tokens (and single tokens) four rows at a time.
+    const t1 = p0 + ((p1 - p0) & ~3);
+    for (let r = a; r < b; r += 4) {
+      const rn = min(4, b - r);
       const wr = w + <usize>r * rowBytes;
       const orow = out + (<usize>(r - r0) << 2);
-      let i = p0;
-      for (; i + 4 <= p1; i += 4) idot4<F>(xc, sc, sums, np, i, wr, k, orow + <usize>i * osb, osb);
-      for (; i < p1; i++) store<f32>(orow + <usize>i * osb, idot1<F>(xc, sc, sums, np, i, wr, k));
+      for (let j = 0; j < rn; j++) {
+        const wj = wr + <usize>j * rowBytes, oj = orow + (<usize>j << 2);
+        let i = p0;
+        for (; i + 8 <= t1; i += 8) idot8<F>(xc, sc, sums, np, i, wj, k, oj + <usize>i * osb, osb);
+        for (; i < t1; i += 4) idot4<F>(xc, sc, sums, np, i, wj, k, oj + <usize>i * osb, osb);
+      }
+      for (let i = t1; i < p1; i++) {
+        if (rn == 4) idot4r<F>(xc, sc, sums, np, i, wr, rowBytes, k, orow + <usize>i * osb);
+        else for (let j = 0; j < rn; j++) store<f32>(orow + <usize>i * osb + (<usize>j << 2), idot1<F>(xc, sc, sums, np, i, wr + <usize>j * rowBytes, k));
+      }
     }
   }
 }

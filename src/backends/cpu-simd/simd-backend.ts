@@ -55,11 +55,11 @@ export interface SimdCpuOptions {
 }
 
 /**
- * Default SimdCpuOptions.int8MinTokens. Measured with bench/cpu-kernels.ts: the integer path
- * is ahead of the float one from a few tokens on; single tokens (decode) stay on the float
- * path, which is bandwidth-bound there and exact.
+ * Default SimdCpuOptions.int8MinTokens. Measured with bench/cpu-kernels.ts (docs/backends.md):
+ * the integer path is ahead of the float one at every n, single tokens (decode) included
+ * (about 2x there: the float path's one-row-one-token kernel is compute-bound too).
  */
-export const INT8_MIN_TOKENS = 4;
+export const INT8_MIN_TOKENS = 1;
 
 // ---- the compiled kernels ----------------------------------------------------------------
 
