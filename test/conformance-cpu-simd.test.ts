@@ -67,7 +67,7 @@ describe('cpu-simd: fast and subnormal-safe decoders', () => {
   }
 
   for (const format of ['q8_0', 'q4_0', 'q4_k', 'q6_k'] as const) {
-    it(`${format}: computed by its own kernels on the packed blocks (integer and float paths; token tiles of 8, 4 and leftovers; row edges)`, async () => {
+    it(`${format}: computed by its own kernels on the packed blocks (float path for one token, integer path from INT8_MIN_TOKENS: token tiles of 8 and 4, leftover tokens, row edges)`, async () => {
       const rng = rngFor(`simd blocks ${format}`);
       const per = format === 'q8_0' || format === 'q4_0' ? 32 : 256;
       const maxDiff = (got: Float32Array, want: ref.Mat, slack?: Float64Array) => {
@@ -78,7 +78,7 @@ describe('cpu-simd: fast and subnormal-safe decoders', () => {
         }
         return { mag, worst };
       };
-      for (const [n, m, k] of [[1, 67, 4 * per], [3, 9, per], [6, 130, 2 * per], [12, 6, per], [33, 5, per]] as const) {
+      for (const [n, m, k] of [[1, 67, 4 * per], [2, 9, per], [3, 9, per], [6, 130, 2 * per], [12, 6, per], [33, 5, per]] as const) {
         const w = randomWeight(rng, { format }, m, k, 0.5);
         const kernels = kernelsFor(w);
         assert.equal(kernels?.matmul, `matmul_${format}`);
@@ -88,7 +88,11 @@ describe('cpu-simd: fast and subnormal-safe decoders', () => {
         const x = ref.mat(n, k, rng.floats(n * k, -2, 2));
         const got = await b.read(b.matmul(b.fromHost(Float32Array.from(x.data), n, k), dw));
         const what = `${format} [${n}, ${m}, ${k}]`;
-        assert.equal(q8Activations(format, n), per, `${what}: on the integer path`);
+        if (q8Activations(format, n) === 0) {
+          const { mag, worst } = maxDiff(got, ref.refMatmul(x, w));
+          assert.ok(worst <= 1e-4 * Math.max(1, mag), `${what}, float path: max |diff| ${worst} (max |expected| ${mag})`);
+          continue;
+        }
         // Integer path: exact up to float32 rounding on the same q8 activations, and within the
         // quantization bound of the exact result.
         const { q, step } = quantizeQ8Rows(x, per);

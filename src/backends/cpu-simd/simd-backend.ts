@@ -55,11 +55,13 @@ export interface SimdCpuOptions {
 }
 
 /**
- * Default SimdCpuOptions.int8MinTokens. Measured with bench/cpu-kernels.ts (docs/backends.md):
- * the integer path is ahead of the float one at every n, single tokens (decode) included
- * (about 2x there: the float path's one-row-one-token kernel is compute-bound too).
+ * Default SimdCpuOptions.int8MinTokens (docs/backends.md has the figures). From two tokens on
+ * the integer path is ahead (1.5x to 3x per matmul, bench/cpu-kernels.ts). A single token
+ * (decode) stays on the float path: its kernel is also faster on the integer path while the
+ * weight sits in cache, but decode streams every weight from memory and measured the same
+ * tok/s either way, so it keeps the exact path.
  */
-export const INT8_MIN_TOKENS = 1;
+export const INT8_MIN_TOKENS = 2;
 
 // ---- the compiled kernels ----------------------------------------------------------------
 
