@@ -1003,8 +1003,15 @@ export function quantize_q8(x: usize, xs: i32, n: i32, k: i32, bl: i32, codes: u
   let acc = f32x4.splat(0);
   for (let b = 0; b < nb; b++) {
     const blk = wr + <usize>b * qBytes<F>();
-    let a0 = i32x4.splat(0), a1 = i32x4.splat(0), a2 = i32x4.splat(0), a3 = i32x4.splat(0);
-    for (let s = 0; s < subs; s++) {
+    let a0: v128, a1: v128, a2: v128, a3: v128;
+    {
+      const sc0 = i16x8.splat(<i16>isub0<F>(blk, 0)), sc1 = i16x8.splat(<i16>isub1<F>(blk, 0));
+      const w0 = iw<F>(blk, 0, 0, sc0, sc1), w1 = iw<F>(blk, 0, 1, sc0, sc1), w2 = iw<F>(blk, 0, 2, sc0, sc1), w3 = iw<F>(blk, 0, 3, sc0, sc1);
+      const o = (<usize>(b * qValues<F>())) << 1;
+      a0 = idot32(w0, w1, w2, w3, x0 + o); a1 = idot32(w0, w1, w2, w3, x1 + o);
+      a2 = idot32(w0, w1, w2, w3, x2 + o); a3 = idot32(w0, w1, w2, w3, x3 + o);
+    }
+    for (let s = 1; s < subs; s++) {
       const sc0 = i16x8.splat(<i16>isub0<F>(blk, s)), sc1 = i16x8.splat(<i16>isub1<F>(blk, s));
       const w0 = iw<F>(blk, s, 0, sc0, sc1), w1 = iw<F>(blk, s, 1, sc0, sc1), w2 = iw<F>(blk, s, 2, sc0, sc1), w3 = iw<F>(blk, s, 3, sc0, sc1);
       const o = (<usize>(b * qValues<F>() + (s << 5))) << 1;
@@ -1039,9 +1046,18 @@ export function quantize_q8(x: usize, xs: i32, n: i32, k: i32, bl: i32, codes: u
   let accA = f32x4.splat(0), accB = f32x4.splat(0);
   for (let b = 0; b < nb; b++) {
     const blk = wr + <usize>b * qBytes<F>();
-    let a0 = i32x4.splat(0), a1 = i32x4.splat(0), a2 = i32x4.splat(0), a3 = i32x4.splat(0);
-    let a4 = i32x4.splat(0), a5 = i32x4.splat(0), a6 = i32x4.splat(0), a7 = i32x4.splat(0);
-    for (let s = 0; s < subs; s++) {
+    // Sub-block 0 starts the sums (no zero vectors to add to: q8_0/q4_0 have no other).
+    let a0: v128, a1: v128, a2: v128, a3: v128, a4: v128, a5: v128, a6: v128, a7: v128;
+    {
+      const sc0 = i16x8.splat(<i16>isub0<F>(blk, 0)), sc1 = i16x8.splat(<i16>isub1<F>(blk, 0));
+      const w0 = iw<F>(blk, 0, 0, sc0, sc1), w1 = iw<F>(blk, 0, 1, sc0, sc1), w2 = iw<F>(blk, 0, 2, sc0, sc1), w3 = iw<F>(blk, 0, 3, sc0, sc1);
+      const o = x0 + ((<usize>(b * qValues<F>())) << 1);
+      a0 = idot32(w0, w1, w2, w3, o); a1 = idot32(w0, w1, w2, w3, o + xsb);
+      a2 = idot32(w0, w1, w2, w3, o + 2 * xsb); a3 = idot32(w0, w1, w2, w3, o + 3 * xsb);
+      a4 = idot32(w0, w1, w2, w3, o + 4 * xsb); a5 = idot32(w0, w1, w2, w3, o + 5 * xsb);
+      a6 = idot32(w0, w1, w2, w3, o + 6 * xsb); a7 = idot32(w0, w1, w2, w3, o + 7 * xsb);
+    }
+    for (let s = 1; s < subs; s++) {
       const sc0 = i16x8.splat(<i16>isub0<F>(blk, s)), sc1 = i16x8.splat(<i16>isub1<F>(blk, s));
       const w0 = iw<F>(blk, s, 0, sc0, sc1), w1 = iw<F>(blk, s, 1, sc0, sc1), w2 = iw<F>(blk, s, 2, sc0, sc1), w3 = iw<F>(blk, s, 3, sc0, sc1);
       const o = x0 + ((<usize>(b * qValues<F>() + (s << 5))) << 1);
@@ -1103,8 +1119,14 @@ export function quantize_q8(x: usize, xs: i32, n: i32, k: i32, bl: i32, codes: u
   let acc = f32x4.splat(0);
   for (let b = 0; b < nb; b++) {
     const w0 = wr + <usize>b * qBytes<F>(), w1 = w0 + rowBytes, w2 = w1 + rowBytes, w3 = w2 + rowBytes;
-    let a0 = i32x4.splat(0), a1 = i32x4.splat(0), a2 = i32x4.splat(0), a3 = i32x4.splat(0);
-    for (let s = 0; s < subs; s++) {
+    let a0: v128, a1: v128, a2: v128, a3: v128;
+    {
+      const o = xr + ((<usize>(b * qValues<F>())) << 1);
+      const x0 = v128.load(o), x1 = v128.load(o, 16), x2 = v128.load(o, 32), x3 = v128.load(o, 48);
+      a0 = isub<F>(w0, 0, x0, x1, x2, x3); a1 = isub<F>(w1, 0, x0, x1, x2, x3);
+      a2 = isub<F>(w2, 0, x0, x1, x2, x3); a3 = isub<F>(w3, 0, x0, x1, x2, x3);
+    }
+    for (let s = 1; s < subs; s++) {
       const o = xr + ((<usize>(b * qValues<F>() + (s << 5))) << 1);
       const x0 = v128.load(o), x1 = v128.load(o, 16), x2 = v128.load(o, 32), x3 = v128.load(o, 48);
       a0 = i32x4.add(a0, isub<F>(w0, s, x0, x1, x2, x3));
