@@ -7,7 +7,7 @@
  *     Gaussian values as a checkpoint is), at n = 1 (decode)
  *     and n = 16 (a batch): ms per call, GFLOP/s (2·n·m·k per call) and GB/s (weight bytes
  *     streamed per call).
- *  2. Prefill matmul in llama.cpp's q8_0 and q4_k (the same shapes, n = 16..128): the integer
+ *  2. Prefill matmul in llama.cpp's q8_0 and q4_k (the same shapes, n = 4..128): the integer
  *     path (q8 activations) against the float path (int8MinTokens: Infinity), both on N threads,
  *     and the TypeScript reference at n = 16: ms per call and GFLOP/s.
  *  3. End-to-end greedy decode on models/demo through the engine (scheduler included): tok/s.
