@@ -982,12 +982,11 @@ export function quantize_q8(x: usize, xs: i32, n: i32, k: i32, bl: i32, codes: u
   return m;
 }
 
+/** The block's f16 scale d (q6_k keeps it after the codes and scales). */
 // @ts-ignore: decorator
 @inline function dScale<F>(blk: usize): f32 {
-  return half(<u32>load<u16>(isQ6_K<F>() ? blk + 208 : blk));
+  return half(<u32>load<u16>(isFloat<F>() /* q6_k */ ? blk + 208 : blk));
 }
-// @ts-ignore: decorator
-@inline function isQ6_K<F>(): bool { return isFloat<F>(); }
 
 /**
  * Row wr (whole blocks, k values) · tokens i..i+3 (int16 codes at xc, row stride k; scales as
@@ -1003,6 +1002,7 @@ export function quantize_q8(x: usize, xs: i32, n: i32, k: i32, bl: i32, codes: u
   let acc = f32x4.splat(0);
   for (let b = 0; b < nb; b++) {
     const blk = wr + <usize>b * qBytes<F>();
+    // Sub-block 0 starts the sums (no zero vectors to add to: q8_0/q4_0 have no other).
     let a0: v128, a1: v128, a2: v128, a3: v128;
     {
       const sc0 = i16x8.splat(<i16>isub0<F>(blk, 0)), sc1 = i16x8.splat(<i16>isub1<F>(blk, 0));
