@@ -7,9 +7,12 @@
  *     Gaussian values as a checkpoint is), at n = 1 (decode)
  *     and n = 16 (a batch): ms per call, GFLOP/s (2·n·m·k per call) and GB/s (weight bytes
  *     streamed per call).
- *  2. End-to-end greedy decode on models/demo through the engine (scheduler included): tok/s.
+ *  2. Prefill matmul in llama.cpp's q8_0 and q4_k (the same shapes, n = 4..128): the integer
+ *     path (q8 activations) against the float path (int8MinTokens: Infinity), both on N threads,
+ *     and the TypeScript reference at n = 16: ms per call and GFLOP/s.
+ *  3. End-to-end greedy decode on models/demo through the engine (scheduler included): tok/s.
  *
- *   node dist/bench/cpu-kernels.js [--threads N] [--seconds 1] [--model models/demo] [--tokens 200]
+ *   node dist/bench/cpu-kernels.js [--threads N] [--seconds 1] [--model models/demo] [--tokens 200] [--skip-model] [--prefill-only]
  */
 import { availableParallelism, cpus } from 'node:os';
 import { Command } from 'commander';
@@ -17,8 +20,9 @@ import type { Backend, HostWeight, WeightFormat } from '../src/backends/backend.
 import { CpuBackend } from '../src/backends/cpu/cpu-backend.js';
 import { SimdCpuBackend } from '../src/backends/cpu-simd/simd-backend.js';
 import { Engine } from '../src/engine/engine.js';
+import { packedRowBytes, quantizeRow, type PackedFormat } from '../src/formats/quant.js';
 
-interface Opts { threads: number; seconds: number; model: string; tokens: number; skipModel: boolean }
+interface Opts { threads: number; seconds: number; model: string; tokens: number; skipModel: boolean; prefillOnly: boolean }
 
 /** Gaussian values like a trained layer's (std 0.02). */
 function gaussian(n: number): Float32Array {
@@ -59,6 +63,15 @@ function checkpointWeight(format: WeightFormat, rows: number, cols: number): Hos
   return { name: 'w', format, rows, cols, data, scales, blockRows: 128, blockCols: 128 };
 }
 
+/** A Gaussian weight quantized to one of llama.cpp's block formats, as a GGUF conversion would. */
+function blockWeight(format: PackedFormat, rows: number, cols: number): HostWeight {
+  const v = gaussian(rows * cols);
+  const rb = packedRowBytes(format, cols)!;
+  const data = new Uint8Array(rows * rb);
+  for (let r = 0; r < rows; r++) quantizeRow(format, v, r * cols, cols, data, r * rb);
+  return { name: 'w', format, rows, cols, data };
+}
+
 /** Mean ms per call: runs `fn` until `seconds` have passed (after a warm-up). */
 async function time(fn: () => Promise<void>, seconds: number): Promise<number> {
   for (let i = 0; i < 3; i++) await fn();
@@ -71,8 +84,7 @@ async function time(fn: () => Promise<void>, seconds: number): Promise<number> {
   return (performance.now() - t0) / calls;
 }
 
-async function matmulRow(b: Backend, format: WeightFormat, m: number, k: number, n: number, seconds: number) {
-  const hw = checkpointWeight(format, m, k);
+async function matmulRow(b: Backend, format: WeightFormat, m: number, k: number, n: number, seconds: number, hw = checkpointWeight(format, m, k)) {
   const w = b.uploadWeight(hw);
   const x = b.fromHost(Float32Array.from({ length: n * k }, () => Math.random() - 0.5), n, k);
   const ms = await time(async () => { await b.read(b.matmul(x, w)); }, seconds);
@@ -108,11 +120,11 @@ async function main(o: Opts): Promise<void> {
   const simd = await SimdCpuBackend.create({ threads: o.threads });
   const simd1 = await SimdCpuBackend.create({ threads: 1 });
 
-  console.log(`| weight [m, k] | format | n | TS reference ms · GFLOP/s · GB/s | SIMD 1 thread ms · GFLOP/s · GB/s | SIMD ${o.threads} threads ms · GFLOP/s · GB/s | SIMD / reference (1 · ${o.threads} threads) |`);
-  console.log('| --- | --- | --- | --- | --- | --- | --- |');
   const shapes: [string, number, number][] = [['expert gate/up', 1408, 2048], ['expert down', 2048, 1408], ['attn o_proj', 2048, 2048]];
   const fmt = (r: { ms: number; gflops: number; gbs: number }) => `${r.ms.toFixed(3)} · ${r.gflops.toFixed(1)} · ${r.gbs.toFixed(1)}`;
-  for (const format of ['bf16', 'fp8_e4m3_block'] as WeightFormat[]) {
+  if (!o.prefillOnly) console.log(`| weight [m, k] | format | n | TS reference ms · GFLOP/s · GB/s | SIMD 1 thread ms · GFLOP/s · GB/s | SIMD ${o.threads} threads ms · GFLOP/s · GB/s | SIMD / reference (1 · ${o.threads} threads) |`);
+  if (!o.prefillOnly) console.log('| --- | --- | --- | --- | --- | --- | --- |');
+  for (const format of o.prefillOnly ? [] : ['bf16', 'fp8_e4m3_block'] as WeightFormat[]) {
     for (const [label, m, k] of shapes) {
       for (const n of [1, 16]) {
         const r = await matmulRow(ref, format, m, k, n, o.seconds);
@@ -123,10 +135,30 @@ async function main(o: Opts): Promise<void> {
       }
     }
   }
-  simd.dispose();
   simd1.dispose();
 
-  if (!o.skipModel) {
+  // Prefill: the same weight and activations through the integer and the float path, side by side.
+  const simdF = await SimdCpuBackend.create({ threads: o.threads, int8MinTokens: Infinity });
+  const fmt2 = (r: { ms: number; gflops: number }) => `${r.ms.toFixed(3)} · ${r.gflops.toFixed(1)}`;
+  console.log(`\n| weight [m, k] | format | n | TS reference ms · GFLOP/s | SIMD float path ms · GFLOP/s | SIMD integer path ms · GFLOP/s | integer / float |`);
+  console.log('| --- | --- | --- | --- | --- | --- | --- |');
+  for (const format of ['q8_0', 'q4_k'] as PackedFormat[]) {
+    // k-quant rows are whole 256-blocks: the expert down projection is 1536 wide there.
+    for (const [label, m, k0] of shapes) {
+      const k = format === 'q8_0' ? k0 : Math.ceil(k0 / 256) * 256;
+      const hw = blockWeight(format, m, k);
+      for (const n of [4, 16, 32, 64, 128]) {
+        const r = n === 16 ? fmt2(await matmulRow(ref, format, m, k, n, o.seconds, hw)) : '—';
+        const f = await matmulRow(simdF, format, m, k, n, o.seconds, hw);
+        const i = await matmulRow(simd, format, m, k, n, o.seconds, hw);
+        console.log(`| ${label} [${m}, ${k}] | ${format} | ${n} | ${r} | ${fmt2(f)} | ${fmt2(i)} | ${(f.ms / i.ms).toFixed(2)}x |`);
+      }
+    }
+  }
+  simd.dispose();
+  simdF.dispose();
+
+  if (!o.skipModel && !o.prefillOnly) {
     console.log(`\n| ${o.model}, greedy decode of ${o.tokens} tokens after a 32-token prompt | tok/s (best of 3) | vs reference |`);
     console.log('| --- | --- | --- |');
     const refTps = await decodeTokPerS(new CpuBackend(), o.model, o.tokens);
@@ -144,7 +176,8 @@ const program = new Command('bench-cpu-kernels')
   .option('--model <dir>', 'model for the decode benchmark', 'models/demo')
   .option('--tokens <n>', 'tokens to decode', '200')
   .option('--skip-model', 'matmul only')
+  .option('--prefill-only', 'only the block-format prefill matmuls (integer against float path)')
   .action(async (raw) => {
-    await main({ threads: Number(raw.threads), seconds: Number(raw.seconds), model: raw.model, tokens: Number(raw.tokens), skipModel: !!raw.skipModel });
+    await main({ threads: Number(raw.threads), seconds: Number(raw.seconds), model: raw.model, tokens: Number(raw.tokens), skipModel: !!raw.skipModel, prefillOnly: !!raw.prefillOnly });
   });
 await program.parseAsync();

@@ -12,13 +12,19 @@ import { after, before, describe, it } from 'node:test';
 import assert from 'node:assert/strict';
 import type { HostWeight } from '../src/backends/backend.js';
 import { kernelsFor } from '../src/backends/cpu-simd/formats.js';
-import { SimdCpuBackend } from '../src/backends/cpu-simd/simd-backend.js';
-import { backendConformance, randomWeight, rngFor, type FormatSpec } from './conformance.js';
+import { INT8_MIN_TOKENS, SimdCpuBackend } from '../src/backends/cpu-simd/simd-backend.js';
+import { backendConformance, q8Slack, quantizeQ8Rows, randomWeight, rngFor, type FormatSpec } from './conformance.js';
 import * as ref from './reference-ops.js';
 
-backendConformance('cpu-simd (2 threads)', () => SimdCpuBackend.create({ threads: 2, minParallelWork: 0 }));
-backendConformance('cpu-simd (1 thread)', () => SimdCpuBackend.create({ threads: 1 }));
-backendConformance('cpu-simd (2 threads, 4 MiB shards)', () => SimdCpuBackend.create({ threads: 2, minParallelWork: 0, shardBytes: 4 << 20, gcBudgetBytes: 1 << 20 }));
+/** Block-format matmuls of INT8_MIN_TOKENS tokens or more quantize their activations (q8_0 / q8_K blocks). */
+function q8Activations(format: string, n: number): number {
+  if (n < INT8_MIN_TOKENS) return 0;
+  return format === 'q8_0' || format === 'q4_0' ? 32 : format === 'q4_k' || format === 'q6_k' ? 256 : 0;
+}
+
+backendConformance('cpu-simd (2 threads)', () => SimdCpuBackend.create({ threads: 2, minParallelWork: 0 }), { q8Activations });
+backendConformance('cpu-simd (1 thread)', () => SimdCpuBackend.create({ threads: 1 }), { q8Activations });
+backendConformance('cpu-simd (2 threads, 4 MiB shards)', () => SimdCpuBackend.create({ threads: 2, minParallelWork: 0, shardBytes: 4 << 20, gcBudgetBytes: 1 << 20 }), { q8Activations });
 
 /** The same weight with every subnormal code replaced by the smallest normal one of its sign. */
 function withoutSubnormals(w: HostWeight): HostWeight {
@@ -31,9 +37,12 @@ function withoutSubnormals(w: HostWeight): HostWeight {
 }
 
 describe('cpu-simd: fast and subnormal-safe decoders', () => {
-  let b: SimdCpuBackend;
-  before(async () => { b = await SimdCpuBackend.create({ threads: 2, minParallelWork: 0 }); });
-  after(() => b?.dispose());
+  let b: SimdCpuBackend, fl: SimdCpuBackend;
+  before(async () => {
+    b = await SimdCpuBackend.create({ threads: 2, minParallelWork: 0 });
+    fl = await SimdCpuBackend.create({ threads: 2, minParallelWork: 0, int8MinTokens: Infinity });
+  });
+  after(() => { b?.dispose(); fl?.dispose(); });
 
   const specs: FormatSpec[] = [{ format: 'f16' }, { format: 'fp8_e4m3_block', block: [128, 128] }, { format: 'fp8_e4m3_block', block: [3, 5] }];
   for (const spec of specs) {
@@ -58,20 +67,42 @@ describe('cpu-simd: fast and subnormal-safe decoders', () => {
   }
 
   for (const format of ['q8_0', 'q4_0', 'q4_k', 'q6_k'] as const) {
-    it(`${format}: computed by its own kernel on the packed blocks (decode and batch shapes, row edges)`, async () => {
+    it(`${format}: computed by its own kernels on the packed blocks (float path for one token, integer path from INT8_MIN_TOKENS: token tiles of 8 and 4, leftover tokens, row edges)`, async () => {
       const rng = rngFor(`simd blocks ${format}`);
       const per = format === 'q8_0' || format === 'q4_0' ? 32 : 256;
-      for (const [n, m, k] of [[1, 67, 4 * per], [6, 130, 2 * per], [33, 5, per]] as const) {
+      const maxDiff = (got: Float32Array, want: ref.Mat, slack?: Float64Array) => {
+        let mag = 0, worst = 0;
+        for (let i = 0; i < got.length; i++) {
+          mag = Math.max(mag, Math.abs(want.data[i]));
+          worst = Math.max(worst, Math.abs(got[i] - want.data[i]) - (slack ? slack[i] : 0));
+        }
+        return { mag, worst };
+      };
+      for (const [n, m, k] of [[1, 67, 4 * per], [2, 9, per], [3, 9, per], [6, 130, 2 * per], [12, 6, per], [33, 5, per]] as const) {
         const w = randomWeight(rng, { format }, m, k, 0.5);
-        assert.equal(kernelsFor(w)?.matmul, `matmul_${format}`);
+        const kernels = kernelsFor(w);
+        assert.equal(kernels?.matmul, `matmul_${format}`);
+        assert.equal(kernels?.int8?.matmul, `imatmul_${format}`);
         const dw = b.uploadWeight(w);
         assert.equal((dw as unknown as { kernels: unknown }).kernels !== null, true);
         const x = ref.mat(n, k, rng.floats(n * k, -2, 2));
         const got = await b.read(b.matmul(b.fromHost(Float32Array.from(x.data), n, k), dw));
-        const want = ref.refMatmul(x, w);
-        let mag = 0, worst = 0;
-        for (let i = 0; i < got.length; i++) { mag = Math.max(mag, Math.abs(want.data[i])); worst = Math.max(worst, Math.abs(got[i] - want.data[i])); }
-        assert.ok(worst <= 1e-4 * Math.max(1, mag), `${format} [${n}, ${m}, ${k}]: max |diff| ${worst} (max |expected| ${mag})`);
+        const what = `${format} [${n}, ${m}, ${k}]`;
+        if (q8Activations(format, n) === 0) {
+          const { mag, worst } = maxDiff(got, ref.refMatmul(x, w));
+          assert.ok(worst <= 1e-4 * Math.max(1, mag), `${what}, float path: max |diff| ${worst} (max |expected| ${mag})`);
+          continue;
+        }
+        // Integer path: exact up to float32 rounding on the same q8 activations, and within the
+        // quantization bound of the exact result.
+        const { q, step } = quantizeQ8Rows(x, per);
+        const same = maxDiff(got, ref.refMatmul(q, w));
+        assert.ok(same.worst <= 1e-4 * Math.max(1, same.mag), `${what}, integer path vs q8 reference: max |diff| ${same.worst} (max |expected| ${same.mag})`);
+        const exact = maxDiff(got, ref.refMatmul(x, w), q8Slack(ref.dequantize(w), step, n));
+        assert.ok(exact.worst <= 1e-4 * Math.max(1, exact.mag), `${what}, integer path vs exact: max |diff| beyond the q8 bound ${exact.worst}`);
+        // The float path (int8MinTokens: Infinity) is exact.
+        const f = maxDiff(await fl.read(fl.matmul(fl.fromHost(Float32Array.from(x.data), n, k), fl.uploadWeight(w))), ref.refMatmul(x, w));
+        assert.ok(f.worst <= 1e-4 * Math.max(1, f.mag), `${what}, float path: max |diff| ${f.worst} (max |expected| ${f.mag})`);
       }
     });
   }

@@ -14,6 +14,14 @@
  * forming the angle position * invFreq in float32 (as DeepSeek's reference does).
  * Data movement (fromHost/read, sliceCols, concatCols, gatherRows, zero embedding rows)
  * and integer results (argmaxRows, routing ids) must be exact.
+ *
+ * q8 activations (ConformanceOptions.q8Activations): a backend that, like llama.cpp, quantizes
+ * the activations of a block-format matmul to int8 (blocks of 32 or 256 values, d = max|x|/127,
+ * code = round-to-even(x · (1/d)), all in float32) is checked twice: at the tolerance above
+ * against the reference run on those same quantized activations (so only the arithmetic after
+ * quantization may differ), and against the exact reference with, per output element, the
+ * slack that quantization can cause at most: Σ_c |w[r, c]| · d(i, c) / 2 (each activation
+ * moves by at most half a step). A wrong scale, code or block fails the first check.
  */
 import { after, before, describe, it, type TestContext } from 'node:test';
 import assert from 'node:assert/strict';
@@ -29,6 +37,76 @@ export interface ConformanceOptions {
   tolerance?: number;
   /** When set, the whole suite is registered as skipped with this reason (e.g. no device). */
   skip?: string;
+  /**
+   * For a matmul of n tokens with a weight in `format`: the block length (32 or 256) of the q8
+   * blocks the backend quantizes the activations to, or 0 when it computes on them as they are.
+   * Default: always 0.
+   */
+  q8Activations?: (format: WeightFormat, n: number) => number;
+}
+
+/**
+ * x's rows quantized to q8 blocks of `block` values as the suite's tolerance policy describes
+ * (float32 arithmetic, ties to even): the dequantized values (code · d, exact in float64) and
+ * each value's step d.
+ */
+export function quantizeQ8Rows(x: Mat, block: number): { q: Mat; step: Float64Array } {
+  const q = ref.mat(x.rows, x.cols), step = new Float64Array(x.rows * x.cols);
+  const f = Math.fround;
+  const roundEven = (v: number): number => (Math.abs(v % 1) === 0.5 ? 2 * Math.round(v / 2) : Math.round(v));
+  for (let i = 0; i < x.rows; i++) {
+    for (let c0 = 0; c0 < x.cols; c0 += block) {
+      let amax = 0;
+      for (let c = c0; c < c0 + block; c++) amax = Math.max(amax, Math.abs(x.data[i * x.cols + c]));
+      const d = f(amax / 127), id = d !== 0 ? f(1 / d) : 0;
+      for (let c = c0; c < c0 + block; c++) {
+        const o = i * x.cols + c;
+        q.data[o] = roundEven(f(x.data[o] * id)) * d;
+        step[o] = d;
+      }
+    }
+  }
+  return { q, step };
+}
+
+/**
+ * ref.refMoe with each projection's input quantized as `block` says for its format and the
+ * expert's token count (a row's q8 blocks do not depend on the other rows, so token by token
+ * is the same). The hidden activations are rounded to float32 first, as a backend stores them.
+ */
+function refMoeQ8(x: Mat, routing: { topK: number; ids: ArrayLike<number>; weights: ArrayLike<number> }, experts: ref.RefExpert[], block: (format: WeightFormat, n: number) => number): Mat {
+  const cnt = new Map<ref.RefExpert, number>();
+  for (let j = 0; j < routing.ids.length; j++) cnt.set(experts[routing.ids[j]], (cnt.get(experts[routing.ids[j]]) ?? 0) + 1);
+  const input = (v: Mat, w: HostWeight, n: number): Mat => {
+    const bl = block(w.format, n);
+    return bl ? quantizeQ8Rows(ref.mat(v.rows, v.cols, Float32Array.from(v.data)), bl).q : v;
+  };
+  const out = ref.mat(x.rows, x.cols);
+  for (let t = 0; t < x.rows; t++) {
+    const xt = ref.mat(1, x.cols, x.data.subarray(t * x.cols, (t + 1) * x.cols));
+    for (let k = 0; k < routing.topK; k++) {
+      const ex = experts[routing.ids[t * routing.topK + k]], n = cnt.get(ex)!;
+      const h = ref.refSwiglu(ref.refMatmul(input(xt, ex.gate, n), ex.gate), ref.refMatmul(input(xt, ex.up, n), ex.up));
+      const y = ref.refMatmul(input(h, ex.down, n), ex.down);
+      const wgt = routing.weights[t * routing.topK + k];
+      for (let c = 0; c < x.cols; c++) out.data[t * x.cols + c] += wgt * y.data[c];
+    }
+  }
+  return out;
+}
+
+/** Per element of x · w^T: the most that moving each x[i, c] by step[i, c] / 2 can change it. */
+export function q8Slack(wd: Mat, step: Float64Array, n: number): Float64Array {
+  const k = wd.cols, slack = new Float64Array(n * wd.rows);
+  // Half a step, and a little for the rounding of x · (1/d) (below 2^-16 of a step).
+  for (let i = 0; i < n; i++) {
+    for (let r = 0; r < wd.rows; r++) {
+      let s = 0;
+      for (let c = 0; c < k; c++) s += Math.abs(wd.data[r * k + c]) * step[i * k + c];
+      slack[i * wd.rows + r] = s * (0.5 + 2 ** -16);
+    }
+  }
+  return slack;
 }
 
 // ---- seeded data -------------------------------------------------------------------------
@@ -276,6 +354,7 @@ function compareExact(actual: Float32Array, expected: ArrayLike<number>, what: s
 
 export function backendConformance(label: string, make: () => Backend | Promise<Backend>, opts: ConformanceOptions = {}): void {
   const tol = opts.tolerance ?? 1e-4;
+  const q8Block = (format: WeightFormat, n: number): number => opts.q8Activations?.(format, n) ?? 0;
 
   describe(`backend conformance: ${label}`, { skip: opts.skip }, () => {
     let b: Backend;
@@ -396,7 +475,15 @@ export function backendConformance(label: string, make: () => Backend | Promise<
             const rng = rngFor(`matmul ${name}`);
             const hw = randomWeight(rng, f, m, k, 0.5);
             const x = randMat(rng, n, k, -2, 2);
-            await expectClose(b.matmul(host(x), up(hw)), ref.refMatmul(x, hw), name);
+            const y = b.matmul(host(x), up(hw));
+            const block = q8Block(f.format, n);
+            if (!block) {
+              await expectClose(y, ref.refMatmul(x, hw), name);
+              return;
+            }
+            const { q, step } = quantizeQ8Rows(x, block);
+            await expectClose(y, ref.refMatmul(q, hw), `${name} (reference on the same q8 activations)`);
+            await expectClose(y, ref.refMatmul(x, hw), `${name} (exact reference, q8 slack)`, { slack: q8Slack(ref.dequantize(hw), step, n) });
           }));
         }
       }
@@ -876,7 +963,8 @@ export function backendConformance(label: string, make: () => Backend | Promise<
         const got = await b.readRouting(routing);
         for (const id of got.ids) assert.ok(!unused.includes(id), `expert ${id} should be unused`);
         // The moe op is checked against the routing the backend itself chose (route has its own tests).
-        const expected = ref.refMoe(x, { topK: cfg.topK, ids: got.ids, weights: got.weights }, ex);
+        const r = { topK: cfg.topK, ids: got.ids, weights: got.weights };
+        const expected = opts.q8Activations ? refMoeQ8(x, r, ex, q8Block) : ref.refMoe(x, r, ex);
         await expectClose(b.moe(host(x), routing, dev), expected, name);
       }
 

@@ -283,15 +283,21 @@ function argmax(v: ArrayLike<number>): number {
   return best;
 }
 
-/** Asserts each row within 1e-4 of the reference (relative to the row's largest logit), argmax equal. */
-function assertClose(ours: Float32Array[], ref: Float64Array[], what: string): void {
+/**
+ * Asserts each row within `tol` of the reference (relative to the row's largest logit) and the
+ * argmax equal, except where the reference's best two logits lie within twice that bound (a
+ * tie the allowed error may flip; only possible with the looser bound of q8 activations).
+ */
+function assertClose(ours: Float32Array[], ref: Float64Array[], what: string, tol = 1e-4): void {
   assert.equal(ours.length, ref.length, what);
   ours.forEach((row, r) => {
     const scale = Math.max(1, ...Array.from(ref[r], Math.abs));
     let worst = 0;
     for (let j = 0; j < V; j++) worst = Math.max(worst, Math.abs(row[j] - ref[r][j]));
-    assert.ok(worst <= 1e-4 * scale, `${what}, row ${r}: max |diff| ${worst} (scale ${scale})`);
-    assert.equal(argmax(row), argmax(ref[r]), `${what}, row ${r}: argmax`);
+    assert.ok(worst <= tol * scale, `${what}, row ${r}: max |diff| ${worst} (scale ${scale})`);
+    const best = argmax(ref[r]);
+    const margin = Math.min(...Array.from(ref[r], (v, j) => (j === best ? Infinity : ref[r][best] - v)));
+    if (margin > 2 * tol * scale) assert.equal(argmax(row), best, `${what}, row ${r}: argmax`);
   });
 }
 
@@ -345,23 +351,31 @@ after(() => rmSync(tmp, { recursive: true, force: true }));
 const fileOf = (s: Spec) => join(tmp, `${s.name}.gguf`);
 
 const webgpuSkip = await webgpuUnavailable();
-const backends: [string, () => Promise<Backend>, string | undefined][] = [
-  ['cpu-ref', async () => new CpuBackend(), undefined],
-  ['cpu-simd', () => SimdCpuBackend.create({ threads: 2, minParallelWork: 0 }), undefined],
-  ['webgpu', () => WebGpuBackend.create(), webgpuSkip || undefined],
+/**
+ * Backends, and the bound each is held to. The fast CPU backend's integer prefill path
+ * quantizes activations to q8 for block-format weights (about 1e-3 relative per matmul,
+ * docs/backends.md), compounded over the layers of these random-weight models, so its logits
+ * get the bound llama.cpp's (same kind of activations) get below: 4% of the largest logit. Its
+ * float path is held to the exact bound.
+ */
+const backends: [string, () => Promise<Backend>, string | undefined, number][] = [
+  ['cpu-ref', async () => new CpuBackend(), undefined, 1e-4],
+  ['cpu-simd (float path)', () => SimdCpuBackend.create({ threads: 2, minParallelWork: 0, int8MinTokens: Infinity }), undefined, 1e-4],
+  ['cpu-simd (integer prefill)', () => SimdCpuBackend.create({ threads: 2, minParallelWork: 0 }), undefined, 4e-2],
+  ['webgpu', () => WebGpuBackend.create(), webgpuSkip || undefined, 1e-4],
 ];
 
 describe('llama/qwen2 GGUF: shoal matches a plain reference forward', () => {
   for (const spec of SPECS) {
-    for (const [label, create, skip] of backends) {
+    for (const [label, create, skip, tol] of backends) {
       it(`${spec.name} on ${label}: prefill (two sequences batched) and decode through the paged cache`, { skip }, async () => {
         const ref = referenceLogits(fileOf(spec), [...PROMPT, ...DECODE]);
         const refOther = referenceLogits(fileOf(spec), OTHER);
         const backend = await create();
         try {
           const { main, other } = await shoalLogits(fileOf(spec), backend);
-          assertClose(main, ref, 'prompt + decode');
-          assertClose(other, refOther, 'second sequence');
+          assertClose(main, ref, 'prompt + decode', tol);
+          assertClose(other, refOther, 'second sequence', tol);
         } finally {
           backend.dispose();
         }

@@ -15,6 +15,20 @@ export interface FormatKernels {
   mla: KernelName;
   /** rmsNorm with the norm weight in this format. */
   rmsnorm?: KernelName;
+  /** Batched matmul on q8-quantized activations (llama.cpp's block formats; see Int8Kernels). */
+  int8?: Int8Kernels;
+}
+
+/**
+ * The prefill path of a block format: activations quantized by quantize_q8 to blocks of
+ * `block` values (llama.cpp's q8_0 for q8_0/q4_0 weights, q8_K for the k-quants), with per-32
+ * code sums when `sums` (q4_k's sub-block mins use them), then integer dot products.
+ * imatmul(codes, scales, sums, n, w, k, r0, r1, out, os).
+ */
+export interface Int8Kernels {
+  matmul: KernelName;
+  block: 32 | 256;
+  sums: boolean;
 }
 
 interface FormatEntry {
@@ -73,10 +87,10 @@ export const FORMAT_KERNELS: Partial<Record<WeightFormat, FormatEntry>> = {
   },
   // llama.cpp's block formats: blocks are read in place and decoded in registers (kernels.as).
   // No rmsnorm kernel (norm weights are never block-quantized): the reference handles that case.
-  q8_0: { pick: () => ({ matmul: 'matmul_q8_0', mla: 'mla_q8_0' }) },
-  q4_0: { pick: () => ({ matmul: 'matmul_q4_0', mla: 'mla_q4_0' }) },
-  q4_k: { pick: () => ({ matmul: 'matmul_q4_k', mla: 'mla_q4_k' }) },
-  q6_k: { pick: () => ({ matmul: 'matmul_q6_k', mla: 'mla_q6_k' }) },
+  q8_0: { pick: () => ({ matmul: 'matmul_q8_0', mla: 'mla_q8_0', int8: { matmul: 'imatmul_q8_0', block: 32, sums: false } }) },
+  q4_0: { pick: () => ({ matmul: 'matmul_q4_0', mla: 'mla_q4_0', int8: { matmul: 'imatmul_q4_0', block: 32, sums: false } }) },
+  q4_k: { pick: () => ({ matmul: 'matmul_q4_k', mla: 'mla_q4_k', int8: { matmul: 'imatmul_q4_k', block: 256, sums: true } }) },
+  q6_k: { pick: () => ({ matmul: 'matmul_q6_k', mla: 'mla_q6_k', int8: { matmul: 'imatmul_q6_k', block: 256, sums: false } }) },
 };
 
 /** The kernels for a weight, or null when it must use the reference code. */

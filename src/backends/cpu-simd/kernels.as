@@ -844,3 +844,377 @@ export function mla_q4_k(q: usize, n: i32, H: i32, nope: i32, rope: i32, vDim: i
 export function mla_q6_k(q: usize, n: i32, H: i32, nope: i32, rope: i32, vDim: i32, R: i32, scale: f32, kvb: usize, sc: usize, br: i32, bc: i32, cache: usize, W: i32, B: i32, tok: usize, maxLen: i32, qAbs: usize, lat: usize, scores: usize, rowTmp: usize, out: usize, part: i32, parts: i32): void {
   mlaq<Q6_K>(q, n, H, nope, rope, vDim, R, scale, kvb, cache, W, B, tok, maxLen, qAbs, lat, scores, rowTmp, out, part, parts);
 }
+
+// ---- prefill: integer dot products on q8 activations (as llama.cpp) -------------------------
+//
+// For a batch of tokens the float path above is compute-bound: every multiply-add is an f32
+// mul + add, plus the load of x. Here each activation row is quantized once per matmul
+// (quantize_q8: int8 codes, stored widened to int16, and one f32 scale per block), and a block
+// of 32 weights times 32 activations costs four i32x4.dot_i16x8_s (eight multiply-adds each)
+// in exact integer arithmetic; the float scales are applied once per block. Like ggml's
+// vec_dot_*_q8 functions, the weight codes' scales go where integers allow it:
+//   q8_0, q4_0  code · activation code, summed per 32-block, times d_w · d_x
+//   q6_k        (code - 32) · sc (int8, per 16 values) folded into the int16 weight; per 256-block
+//               times d_w · d_x
+//   q4_k        code · sc (6 bits, per 32 values) folded into the int16 weight; the sub-block
+//               mins use the activation's per-32 code sums: d_x · (d · Σ sc·q·x - dmin · Σ m·sum)
+// Activation blocks are 32 values for q8_0/q4_0 and 256 (q8_K) for the k-quants.
+// Bounds: |q6_k code · sc| <= 32·128 and |q4_k code · sc| <= 15·63 fit int16; a 256-block sum
+// stays below 2^31 (256 · 4096 · 127).
+
+/**
+ * Activation rows [0, n) of x (stride xs floats, k values) as q8 blocks of `bl` values: code
+ * round(x / d) with d = max |x| / 127 per block, stored as int16 in codes [n, k]; scales d at
+ * scales[b · np + i] (block-major, np = n rounded up to 4, so four tokens' scales are one load);
+ * when sums != 0, the code sums of every 32 values as int16 at sums[i, c / 32].
+ * This part quantizes its share of the rows.
+ */
+export function quantize_q8(x: usize, xs: i32, n: i32, k: i32, bl: i32, codes: usize, scales: usize, sums: usize, part: i32, parts: i32): void {
+  const lo = shareLo(0, n, 1, part, parts), hi = shareHi(0, n, 1, part, parts);
+  const np = (n + 3) & ~3, nb = k / bl;
+  const absMask = i32x4.splat(0x7fffffff);
+  for (let i = lo; i < hi; i++) {
+    const xr = x + (<usize>i * <usize>xs << 2), cr = codes + (<usize>i * <usize>k << 1);
+    for (let b = 0; b < nb; b++) {
+      const c0 = b * bl;
+      let m = f32x4.splat(0);
+      for (let c = c0; c < c0 + bl; c += 4) m = f32x4.max(m, v128.and(v128.load(fptr(xr, c)), absMask));
+      const amax = max(max(f32x4.extract_lane(m, 0), f32x4.extract_lane(m, 1)), max(f32x4.extract_lane(m, 2), f32x4.extract_lane(m, 3)));
+      const d: f32 = amax / 127;
+      const id = f32x4.splat(d != 0 ? <f32>1 / d : 0);
+      store<f32>(fptr(scales, b * np + i), d);
+      for (let c = c0; c < c0 + bl; c += 8) {
+        const q0 = i32x4.trunc_sat_f32x4_s(f32x4.nearest(f32x4.mul(v128.load(fptr(xr, c)), id)));
+        const q1 = i32x4.trunc_sat_f32x4_s(f32x4.nearest(f32x4.mul(v128.load(fptr(xr, c + 4)), id)));
+        const q = i16x8.narrow_i32x4_s(q0, q1);
+        v128.store(cr + (<usize>c << 1), q);
+        if (sums != 0) {
+          // Pairwise sums, then the four lanes, accumulated per 32 values.
+          const sp = sums + ((<usize>i * <usize>(k >> 5) + <usize>(c >> 5)) << 1);
+          const s4 = i32x4.extadd_pairwise_i16x8_s(q);
+          const t = <i16>(i32x4.extract_lane(s4, 0) + i32x4.extract_lane(s4, 1) + i32x4.extract_lane(s4, 2) + i32x4.extract_lane(s4, 3));
+          store<i16>(sp, (c & 31) == 0 ? t : <i16>(load<i16>(sp) + t));
+        }
+      }
+    }
+  }
+}
+
+/** Σ of the four i32 lanes of a, b, c, d as one i32x4 [Σa, Σb, Σc, Σd]. */
+// @ts-ignore: decorator
+@inline function hsum4(a: v128, b: v128, c: v128, d: v128): v128 {
+  const ab = i32x4.add(v128.shuffle<i32>(a, b, 0, 4, 1, 5), v128.shuffle<i32>(a, b, 2, 6, 3, 7));
+  const cd = i32x4.add(v128.shuffle<i32>(c, d, 0, 4, 1, 5), v128.shuffle<i32>(c, d, 2, 6, 3, 7));
+  return i32x4.add(v128.shuffle<i32>(ab, cd, 0, 1, 4, 5), v128.shuffle<i32>(ab, cd, 2, 3, 6, 7));
+}
+
+/** Σ over 32 values of int16 weights w0..w3 times int16 activation codes x0..x3 (i32x4 partial sums). */
+// @ts-ignore: decorator
+@inline function dot32(w0: v128, w1: v128, w2: v128, w3: v128, x0: v128, x1: v128, x2: v128, x3: v128): v128 {
+  return i32x4.add(i32x4.add(i32x4.dot_i16x8_s(w0, x0), i32x4.dot_i16x8_s(w1, x1)), i32x4.add(i32x4.dot_i16x8_s(w2, x2), i32x4.dot_i16x8_s(w3, x3)));
+}
+
+/** dot32 with the activation codes at x. */
+// @ts-ignore: decorator
+@inline function idot32(w0: v128, w1: v128, w2: v128, w3: v128, x: usize): v128 {
+  return dot32(w0, w1, w2, w3, v128.load(x), v128.load(x, 16), v128.load(x, 32), v128.load(x, 48));
+}
+
+/**
+ * Integer sub-block scale of sub-block s (k-quants; 1 otherwise): q4_k's 6-bit scale, or q6_k's
+ * two int8 scales (first and second 16 values). q4_k's min is isubMin.
+ */
+// @ts-ignore: decorator
+@inline function isub0<F>(blk: usize, s: i32): i32 {
+  if (isQ4_K<F>()) {
+    const q = blk + 4;
+    return s < 4 ? <i32>load<u8>(q + s) & 63 : (<i32>load<u8>(q + s + 4) & 0xf) | ((<i32>load<u8>(q + s - 4) >> 6) << 4);
+  }
+  if (isQ8_0<F>() || isQ4_0<F>()) return 1;
+  return <i32>load<i8>(blk + 192 + 2 * s);
+}
+// @ts-ignore: decorator
+@inline function isub1<F>(blk: usize, s: i32): i32 {
+  return isQ8_0<F>() || isQ4_0<F>() || isQ4_K<F>() ? isub0<F>(blk, s) : <i32>load<i8>(blk + 193 + 2 * s);
+}
+// @ts-ignore: decorator
+@inline function isubMin(blk: usize, s: i32): i32 {
+  const q = blk + 4;
+  return s < 4 ? <i32>load<u8>(q + s + 4) & 63 : (<i32>load<u8>(q + s + 4) >> 4) | ((<i32>load<u8>(q + s) >> 6) << 4);
+}
+
+/**
+ * Values 8j..8j+7 (j < 4) of sub-block s (32 values) of the block at blk as int16, with the
+ * sub-block's integer scale folded in for the k-quants (sc0 for values 0..15, sc1 for 16..31).
+ */
+// @ts-ignore: decorator
+@inline function iw<F>(blk: usize, s: i32, j: i32, sc0: v128, sc1: v128): v128 {
+  const hv = j >> 1; // which 16 values
+  let q: v128;
+  if (isQ8_0<F>()) q = v128.load(blk + 2 + (<usize>hv << 4));
+  else if (isQ4_0<F>()) {
+    const b = v128.load(blk + 2);
+    q = i8x16.sub(hv ? i8x16.shr_u(b, 4) : v128.and(b, i8x16.splat(15)), i8x16.splat(8));
+  } else if (isQ4_K<F>()) {
+    const b = v128.load(blk + 16 + (<usize>(s >> 1) << 5) + (<usize>hv << 4));
+    q = (s & 1) ? i8x16.shr_u(b, 4) : v128.and(b, i8x16.splat(15));
+  } else {
+    const h = s >> 2, qq = s & 3;
+    const lo = v128.load(blk + (<usize>h << 6) + (<usize>(qq & 1) << 5) + (<usize>hv << 4));
+    const hi = v128.load(blk + 128 + (<usize>h << 5) + (<usize>hv << 4));
+    const l4 = qq >= 2 ? i8x16.shr_u(lo, 4) : v128.and(lo, i8x16.splat(15));
+    const h2 = v128.and(i8x16.shr_u(hi, 2 * qq), i8x16.splat(3));
+    q = i8x16.sub(v128.or(l4, i8x16.shl(h2, 4)), i8x16.splat(32));
+  }
+  const v = (j & 1) ? i16x8.extend_high_i8x16_s(q) : i16x8.extend_low_i8x16_s(q);
+  if (isQ8_0<F>() || isQ4_0<F>()) return v;
+  return i16x8.mul(v, hv ? sc1 : sc0);
+}
+
+/** q4_k: the eight sub-block mins of the block at blk as i16x8. */
+// @ts-ignore: decorator
+@inline function imins(blk: usize): v128 {
+  let m = i16x8.splat(0);
+  m = i16x8.replace_lane(m, 0, <i16>isubMin(blk, 0)); m = i16x8.replace_lane(m, 1, <i16>isubMin(blk, 1));
+  m = i16x8.replace_lane(m, 2, <i16>isubMin(blk, 2)); m = i16x8.replace_lane(m, 3, <i16>isubMin(blk, 3));
+  m = i16x8.replace_lane(m, 4, <i16>isubMin(blk, 4)); m = i16x8.replace_lane(m, 5, <i16>isubMin(blk, 5));
+  m = i16x8.replace_lane(m, 6, <i16>isubMin(blk, 6)); m = i16x8.replace_lane(m, 7, <i16>isubMin(blk, 7));
+  return m;
+}
+
+/** The block's f16 scale d (q6_k keeps it after the codes and scales). */
+// @ts-ignore: decorator
+@inline function dScale<F>(blk: usize): f32 {
+  return half(<u32>load<u16>(isFloat<F>() /* q6_k */ ? blk + 208 : blk));
+}
+
+/**
+ * Row wr (whole blocks, k values) · tokens i..i+3 (int16 codes at xc, row stride k; scales as
+ * quantize_q8 writes them, np per block; q4_k's code sums at sums): results to out + t·osb.
+ * Each sub-block's weights are unpacked once for the four tokens; the four integer block sums
+ * are reduced together (hsum4) and scaled in one f32x4 operation.
+ */
+// @ts-ignore: decorator
+@inline function idot4<F>(xc: usize, sc: usize, sums: usize, np: i32, i: i32, wr: usize, k: i32, out: usize, osb: usize): void {
+  const nb = k / qValues<F>(), subs = qValues<F>() >> 5;
+  const xsb = <usize>k << 1, ssb = <usize>(k >> 5) << 1;
+  const x0 = xc + <usize>i * xsb, x1 = x0 + xsb, x2 = x1 + xsb, x3 = x2 + xsb;
+  let acc = f32x4.splat(0);
+  for (let b = 0; b < nb; b++) {
+    const blk = wr + <usize>b * qBytes<F>();
+    // Sub-block 0 starts the sums (no zero vectors to add to: q8_0/q4_0 have no other).
+    let a0: v128, a1: v128, a2: v128, a3: v128;
+    {
+      const sc0 = i16x8.splat(<i16>isub0<F>(blk, 0)), sc1 = i16x8.splat(<i16>isub1<F>(blk, 0));
+      const w0 = iw<F>(blk, 0, 0, sc0, sc1), w1 = iw<F>(blk, 0, 1, sc0, sc1), w2 = iw<F>(blk, 0, 2, sc0, sc1), w3 = iw<F>(blk, 0, 3, sc0, sc1);
+      const o = (<usize>(b * qValues<F>())) << 1;
+      a0 = idot32(w0, w1, w2, w3, x0 + o); a1 = idot32(w0, w1, w2, w3, x1 + o);
+      a2 = idot32(w0, w1, w2, w3, x2 + o); a3 = idot32(w0, w1, w2, w3, x3 + o);
+    }
+    for (let s = 1; s < subs; s++) {
+      const sc0 = i16x8.splat(<i16>isub0<F>(blk, s)), sc1 = i16x8.splat(<i16>isub1<F>(blk, s));
+      const w0 = iw<F>(blk, s, 0, sc0, sc1), w1 = iw<F>(blk, s, 1, sc0, sc1), w2 = iw<F>(blk, s, 2, sc0, sc1), w3 = iw<F>(blk, s, 3, sc0, sc1);
+      const o = (<usize>(b * qValues<F>() + (s << 5))) << 1;
+      a0 = i32x4.add(a0, idot32(w0, w1, w2, w3, x0 + o));
+      a1 = i32x4.add(a1, idot32(w0, w1, w2, w3, x1 + o));
+      a2 = i32x4.add(a2, idot32(w0, w1, w2, w3, x2 + o));
+      a3 = i32x4.add(a3, idot32(w0, w1, w2, w3, x3 + o));
+    }
+    const dx = v128.load(fptr(sc, b * np + i));
+    let v = f32x4.mul(f32x4.convert_i32x4_s(hsum4(a0, a1, a2, a3)), f32x4.splat(dScale<F>(blk)));
+    if (isQ4_K<F>()) {
+      const m = imins(blk);
+      const sp = sums + (<usize>i * ssb) + (<usize>b << 4);
+      const mins = hsum4(i32x4.dot_i16x8_s(m, v128.load(sp)), i32x4.dot_i16x8_s(m, v128.load(sp + ssb)),
+        i32x4.dot_i16x8_s(m, v128.load(sp + 2 * ssb)), i32x4.dot_i16x8_s(m, v128.load(sp + 3 * ssb)));
+      v = f32x4.sub(v, f32x4.mul(f32x4.convert_i32x4_s(mins), f32x4.splat(half(<u32>load<u16>(blk + 2)))));
+    }
+    acc = f32x4.add(acc, f32x4.mul(v, dx));
+  }
+  store<f32>(out, f32x4.extract_lane(acc, 0));
+  store<f32>(out + osb, f32x4.extract_lane(acc, 1));
+  store<f32>(out + 2 * osb, f32x4.extract_lane(acc, 2));
+  store<f32>(out + 3 * osb, f32x4.extract_lane(acc, 3));
+}
+
+/** Row wr · tokens i..i+7: idot4 for eight tokens (each unpacked weight serves eight). */
+// @ts-ignore: decorator
+@inline function idot8<F>(xc: usize, sc: usize, sums: usize, np: i32, i: i32, wr: usize, k: i32, out: usize, osb: usize): void {
+  const nb = k / qValues<F>(), subs = qValues<F>() >> 5;
+  const xsb = <usize>k << 1, ssb = <usize>(k >> 5) << 1;
+  const x0 = xc + <usize>i * xsb;
+  let accA = f32x4.splat(0), accB = f32x4.splat(0);
+  for (let b = 0; b < nb; b++) {
+    const blk = wr + <usize>b * qBytes<F>();
+    // Sub-block 0 starts the sums (no zero vectors to add to: q8_0/q4_0 have no other).
+    let a0: v128, a1: v128, a2: v128, a3: v128, a4: v128, a5: v128, a6: v128, a7: v128;
+    {
+      const sc0 = i16x8.splat(<i16>isub0<F>(blk, 0)), sc1 = i16x8.splat(<i16>isub1<F>(blk, 0));
+      const w0 = iw<F>(blk, 0, 0, sc0, sc1), w1 = iw<F>(blk, 0, 1, sc0, sc1), w2 = iw<F>(blk, 0, 2, sc0, sc1), w3 = iw<F>(blk, 0, 3, sc0, sc1);
+      const o = x0 + ((<usize>(b * qValues<F>())) << 1);
+      a0 = idot32(w0, w1, w2, w3, o); a1 = idot32(w0, w1, w2, w3, o + xsb);
+      a2 = idot32(w0, w1, w2, w3, o + 2 * xsb); a3 = idot32(w0, w1, w2, w3, o + 3 * xsb);
+      a4 = idot32(w0, w1, w2, w3, o + 4 * xsb); a5 = idot32(w0, w1, w2, w3, o + 5 * xsb);
+      a6 = idot32(w0, w1, w2, w3, o + 6 * xsb); a7 = idot32(w0, w1, w2, w3, o + 7 * xsb);
+    }
+    for (let s = 1; s < subs; s++) {
+      const sc0 = i16x8.splat(<i16>isub0<F>(blk, s)), sc1 = i16x8.splat(<i16>isub1<F>(blk, s));
+      const w0 = iw<F>(blk, s, 0, sc0, sc1), w1 = iw<F>(blk, s, 1, sc0, sc1), w2 = iw<F>(blk, s, 2, sc0, sc1), w3 = iw<F>(blk, s, 3, sc0, sc1);
+      const o = x0 + ((<usize>(b * qValues<F>() + (s << 5))) << 1);
+      a0 = i32x4.add(a0, idot32(w0, w1, w2, w3, o));
+      a1 = i32x4.add(a1, idot32(w0, w1, w2, w3, o + xsb));
+      a2 = i32x4.add(a2, idot32(w0, w1, w2, w3, o + 2 * xsb));
+      a3 = i32x4.add(a3, idot32(w0, w1, w2, w3, o + 3 * xsb));
+      a4 = i32x4.add(a4, idot32(w0, w1, w2, w3, o + 4 * xsb));
+      a5 = i32x4.add(a5, idot32(w0, w1, w2, w3, o + 5 * xsb));
+      a6 = i32x4.add(a6, idot32(w0, w1, w2, w3, o + 6 * xsb));
+      a7 = i32x4.add(a7, idot32(w0, w1, w2, w3, o + 7 * xsb));
+    }
+    const d = f32x4.splat(dScale<F>(blk));
+    let vA = f32x4.mul(f32x4.convert_i32x4_s(hsum4(a0, a1, a2, a3)), d);
+    let vB = f32x4.mul(f32x4.convert_i32x4_s(hsum4(a4, a5, a6, a7)), d);
+    if (isQ4_K<F>()) {
+      const m = imins(blk), dmin = f32x4.splat(half(<u32>load<u16>(blk + 2)));
+      const sp = sums + (<usize>i * ssb) + (<usize>b << 4);
+      const mA = hsum4(i32x4.dot_i16x8_s(m, v128.load(sp)), i32x4.dot_i16x8_s(m, v128.load(sp + ssb)),
+        i32x4.dot_i16x8_s(m, v128.load(sp + 2 * ssb)), i32x4.dot_i16x8_s(m, v128.load(sp + 3 * ssb)));
+      const mB = hsum4(i32x4.dot_i16x8_s(m, v128.load(sp + 4 * ssb)), i32x4.dot_i16x8_s(m, v128.load(sp + 5 * ssb)),
+        i32x4.dot_i16x8_s(m, v128.load(sp + 6 * ssb)), i32x4.dot_i16x8_s(m, v128.load(sp + 7 * ssb)));
+      vA = f32x4.sub(vA, f32x4.mul(f32x4.convert_i32x4_s(mA), dmin));
+      vB = f32x4.sub(vB, f32x4.mul(f32x4.convert_i32x4_s(mB), dmin));
+    }
+    accA = f32x4.add(accA, f32x4.mul(vA, v128.load(fptr(sc, b * np + i))));
+    accB = f32x4.add(accB, f32x4.mul(vB, v128.load(fptr(sc, b * np + i + 4))));
+  }
+  store<f32>(out, f32x4.extract_lane(accA, 0));
+  store<f32>(out + osb, f32x4.extract_lane(accA, 1));
+  store<f32>(out + 2 * osb, f32x4.extract_lane(accA, 2));
+  store<f32>(out + 3 * osb, f32x4.extract_lane(accA, 3));
+  store<f32>(out + 4 * osb, f32x4.extract_lane(accB, 0));
+  store<f32>(out + 5 * osb, f32x4.extract_lane(accB, 1));
+  store<f32>(out + 6 * osb, f32x4.extract_lane(accB, 2));
+  store<f32>(out + 7 * osb, f32x4.extract_lane(accB, 3));
+}
+
+// @ts-ignore: decorator
+@inline function isum(v: v128): i32 {
+  return i32x4.extract_lane(v, 0) + i32x4.extract_lane(v, 1) + i32x4.extract_lane(v, 2) + i32x4.extract_lane(v, 3);
+}
+
+/** Sub-block s of the block at blk (unpacked, scaled as iw) · activation codes x0..x3. */
+// @ts-ignore: decorator
+@inline function isub<F>(blk: usize, s: i32, x0: v128, x1: v128, x2: v128, x3: v128): v128 {
+  const sc0 = i16x8.splat(<i16>isub0<F>(blk, s)), sc1 = i16x8.splat(<i16>isub1<F>(blk, s));
+  return dot32(iw<F>(blk, s, 0, sc0, sc1), iw<F>(blk, s, 1, sc0, sc1), iw<F>(blk, s, 2, sc0, sc1), iw<F>(blk, s, 3, sc0, sc1), x0, x1, x2, x3);
+}
+
+/**
+ * Rows wr + j·rowBytes (j < 4) · token i, results to out[0..3] (one output row): for the tokens
+ * left over after the token tiles, and single tokens. Each activation load serves four rows.
+ */
+// @ts-ignore: decorator
+@inline function idot4r<F>(xc: usize, sc: usize, sums: usize, np: i32, i: i32, wr: usize, rowBytes: usize, k: i32, out: usize): void {
+  const nb = k / qValues<F>(), subs = qValues<F>() >> 5;
+  const xr = xc + <usize>i * (<usize>k << 1), sr = sums + <usize>i * (<usize>(k >> 5) << 1);
+  let acc = f32x4.splat(0);
+  for (let b = 0; b < nb; b++) {
+    const w0 = wr + <usize>b * qBytes<F>(), w1 = w0 + rowBytes, w2 = w1 + rowBytes, w3 = w2 + rowBytes;
+    let a0: v128, a1: v128, a2: v128, a3: v128;
+    {
+      const o = xr + ((<usize>(b * qValues<F>())) << 1);
+      const x0 = v128.load(o), x1 = v128.load(o, 16), x2 = v128.load(o, 32), x3 = v128.load(o, 48);
+      a0 = isub<F>(w0, 0, x0, x1, x2, x3); a1 = isub<F>(w1, 0, x0, x1, x2, x3);
+      a2 = isub<F>(w2, 0, x0, x1, x2, x3); a3 = isub<F>(w3, 0, x0, x1, x2, x3);
+    }
+    for (let s = 1; s < subs; s++) {
+      const o = xr + ((<usize>(b * qValues<F>() + (s << 5))) << 1);
+      const x0 = v128.load(o), x1 = v128.load(o, 16), x2 = v128.load(o, 32), x3 = v128.load(o, 48);
+      a0 = i32x4.add(a0, isub<F>(w0, s, x0, x1, x2, x3));
+      a1 = i32x4.add(a1, isub<F>(w1, s, x0, x1, x2, x3));
+      a2 = i32x4.add(a2, isub<F>(w2, s, x0, x1, x2, x3));
+      a3 = i32x4.add(a3, isub<F>(w3, s, x0, x1, x2, x3));
+    }
+    let d = f32x4.splat(dScale<F>(w0));
+    d = f32x4.replace_lane(d, 1, dScale<F>(w1)); d = f32x4.replace_lane(d, 2, dScale<F>(w2)); d = f32x4.replace_lane(d, 3, dScale<F>(w3));
+    let v = f32x4.mul(f32x4.convert_i32x4_s(hsum4(a0, a1, a2, a3)), d);
+    if (isQ4_K<F>()) {
+      const xs = v128.load(sr + (<usize>b << 4));
+      const mins = hsum4(i32x4.dot_i16x8_s(imins(w0), xs), i32x4.dot_i16x8_s(imins(w1), xs), i32x4.dot_i16x8_s(imins(w2), xs), i32x4.dot_i16x8_s(imins(w3), xs));
+      let dmin = f32x4.splat(half(<u32>load<u16>(w0 + 2)));
+      dmin = f32x4.replace_lane(dmin, 1, half(<u32>load<u16>(w1 + 2)));
+      dmin = f32x4.replace_lane(dmin, 2, half(<u32>load<u16>(w2 + 2)));
+      dmin = f32x4.replace_lane(dmin, 3, half(<u32>load<u16>(w3 + 2)));
+      v = f32x4.sub(v, f32x4.mul(f32x4.convert_i32x4_s(mins), dmin));
+    }
+    acc = f32x4.add(acc, f32x4.mul(v, f32x4.splat(load<f32>(fptr(sc, b * np + i)))));
+  }
+  v128.store(out, acc);
+}
+
+/** Row wr · token i (for the rows left over when a share does not end on a multiple of four). */
+// @ts-ignore: decorator
+@inline function idot1<F>(xc: usize, sc: usize, sums: usize, np: i32, i: i32, wr: usize, k: i32): f32 {
+  const nb = k / qValues<F>(), subs = qValues<F>() >> 5;
+  const xr = xc + <usize>i * (<usize>k << 1);
+  let acc: f32 = 0;
+  for (let b = 0; b < nb; b++) {
+    const blk = wr + <usize>b * qBytes<F>();
+    let a = i32x4.splat(0);
+    for (let s = 0; s < subs; s++) {
+      const o = xr + ((<usize>(b * qValues<F>() + (s << 5))) << 1);
+      a = i32x4.add(a, isub<F>(blk, s, v128.load(o), v128.load(o, 16), v128.load(o, 32), v128.load(o, 48)));
+    }
+    let v = <f32>isum(a) * dScale<F>(blk);
+    if (isQ4_K<F>()) {
+      const sp = sums + <usize>i * (<usize>(k >> 5) << 1) + (<usize>b << 4);
+      v -= <f32>isum(i32x4.dot_i16x8_s(imins(blk), v128.load(sp))) * half(<u32>load<u16>(blk + 2));
+    }
+    acc += v * load<f32>(fptr(sc, b * np + i));
+  }
+  return acc;
+}
+
+/**
+ * matmul (the contract of matmulq) on activations quantized by quantize_q8 (codes, scales,
+ * sums; n tokens, blocks of qValues<F>() values, or 256 for the k-quants). Same row shares.
+ */
+// @ts-ignore: decorator
+@inline function imatmul<F>(xc: usize, sc: usize, sums: usize, n: i32, w: usize, k: i32, r0: i32, r1: i32, out: usize, os: i32, part: i32, parts: i32): void {
+  const a = shareLo(r0, r1, 4, part, parts), b = shareHi(r0, r1, 4, part, parts);
+  if (a >= b || k <= 0) return;
+  const rowBytes = <usize>(k / qValues<F>()) * qBytes<F>();
+  const np = (n + 3) & ~3, osb = <usize>os << 2;
+  for (let p0 = 0; p0 < n; p0 += TOKEN_PANEL) {
+    const p1 = min(n, p0 + TOKEN_PANEL);
+    // Token tiles of 8 and 4 row by row; the last tokens (and single tokens) four rows at a time.
+    const t1 = p0 + ((p1 - p0) & ~3);
+    for (let r = a; r < b; r += 4) {
+      const rn = min(4, b - r);
+      const wr = w + <usize>r * rowBytes;
+      const orow = out + (<usize>(r - r0) << 2);
+      for (let j = 0; j < rn; j++) {
+        const wj = wr + <usize>j * rowBytes, oj = orow + (<usize>j << 2);
+        let i = p0;
+        for (; i + 8 <= t1; i += 8) idot8<F>(xc, sc, sums, np, i, wj, k, oj + <usize>i * osb, osb);
+        for (; i < t1; i += 4) idot4<F>(xc, sc, sums, np, i, wj, k, oj + <usize>i * osb, osb);
+      }
+      for (let i = t1; i < p1; i++) {
+        if (rn == 4) idot4r<F>(xc, sc, sums, np, i, wr, rowBytes, k, orow + <usize>i * osb);
+        else for (let j = 0; j < rn; j++) store<f32>(orow + <usize>i * osb + (<usize>j << 2), idot1<F>(xc, sc, sums, np, i, wr + <usize>j * rowBytes, k));
+      }
+    }
+  }
+}
+
+export function imatmul_q8_0(xc: usize, sc: usize, sums: usize, n: i32, w: usize, k: i32, r0: i32, r1: i32, out: usize, os: i32, part: i32, parts: i32): void {
+  imatmul<Q8_0>(xc, sc, sums, n, w, k, r0, r1, out, os, part, parts);
+}
+export function imatmul_q4_0(xc: usize, sc: usize, sums: usize, n: i32, w: usize, k: i32, r0: i32, r1: i32, out: usize, os: i32, part: i32, parts: i32): void {
+  imatmul<Q4_0>(xc, sc, sums, n, w, k, r0, r1, out, os, part, parts);
+}
+export function imatmul_q4_k(xc: usize, sc: usize, sums: usize, n: i32, w: usize, k: i32, r0: i32, r1: i32, out: usize, os: i32, part: i32, parts: i32): void {
+  imatmul<Q4_K>(xc, sc, sums, n, w, k, r0, r1, out, os, part, parts);
+}
+export function imatmul_q6_k(xc: usize, sc: usize, sums: usize, n: i32, w: usize, k: i32, r0: i32, r1: i32, out: usize, os: i32, part: i32, parts: i32): void {
+  imatmul<Q6_K>(xc, sc, sums, n, w, k, r0, r1, out, os, part, parts);
+}

@@ -24,7 +24,7 @@ import type {
 } from '../backend.js';
 import { CpuBackend, CpuTensor } from '../cpu/cpu-backend.js';
 import { dequantRow, weightBytes, weightDataBytes } from '../cpu/dequant.js';
-import { kernelsFor, type FormatKernels } from './formats.js';
+import { kernelsFor, type FormatKernels, type Int8Kernels } from './formats.js';
 import { isPackedFormat } from '../../formats/quant.js';
 import { KernelPool, type Group } from './pool.js';
 import { KERNEL_INDEX, type Command, type KernelName } from './protocol.js';
@@ -45,7 +45,23 @@ export interface SimdCpuOptions {
    * leaves the cores to other processes sooner.
    */
   spinMicros?: number;
+  /**
+   * Tokens from which a matmul with a llama.cpp block-format weight (q8_0, q4_0, q4_k, q6_k)
+   * quantizes its activations to q8 and computes with integer dot products, as llama.cpp does
+   * (about 1e-3 relative error; docs/backends.md). Default INT8_MIN_TOKENS; Infinity keeps
+   * every matmul on the float path.
+   */
+  int8MinTokens?: number;
 }
+
+/**
+ * Default SimdCpuOptions.int8MinTokens (docs/backends.md has the figures). From two tokens on
+ * the integer path is ahead (1.5x to 3x per matmul, bench/cpu-kernels.ts). A single token
+ * (decode) stays on the float path: its kernel is also faster on the integer path while the
+ * weight sits in cache, but decode streams every weight from memory and measured the same
+ * tok/s either way, so it keeps the exact path.
+ */
+export const INT8_MIN_TOKENS = 2;
 
 // ---- the compiled kernels ----------------------------------------------------------------
 
@@ -183,6 +199,7 @@ export class SimdCpuBackend extends CpuBackend {
   private readonly shardBytes: number;
   private readonly minParallelWork: number;
   private readonly gcBudget: number;
+  private readonly int8MinTokens: number;
   private shards: Shard[] = [];
   private temps: Held[] = [];
   private disposed = false;
@@ -205,6 +222,7 @@ export class SimdCpuBackend extends CpuBackend {
     this.shardBytes = Math.min(MAX_SHARD_BYTES, opts.shardBytes ?? MAX_SHARD_BYTES);
     this.minParallelWork = opts.minParallelWork ?? 32768;
     this.gcBudget = opts.gcBudgetBytes ?? 64 << 20;
+    this.int8MinTokens = opts.int8MinTokens ?? INT8_MIN_TOKENS;
     const first = new Shard(0, this.shardBytes);
     this.shards.push(first);
     this.pool = new KernelPool(this.module, this.threads, [first.memory], opts.spinMicros);
@@ -352,6 +370,23 @@ export class SimdCpuBackend extends CpuBackend {
     return { kernel: K[kernel], shard: shard.index, args };
   }
 
+  /** The integer (q8-activation) kernels for a matmul of n tokens with w, or null for the float path. */
+  private int8For(w: SimdWeight, n: number): Int8Kernels | null {
+    return w.kernels?.int8 && n >= this.int8MinTokens ? w.kernels.int8 : null;
+  }
+
+  /**
+   * Scratch for x [n, k] (row stride xs, at x in `shard`) quantized as `q` wants it (layout in
+   * kernels.as, quantize_q8), and the command that fills it (one chunk per row). Returns the
+   * command and the first three arguments of q's imatmul: codes, scales, sums.
+   */
+  private quantized(shard: Shard, q: Int8Kernels, x: number, xs: number, n: number, k: number): { cmd: Command; args: number[] } {
+    const codes = this.temp(shard, n * k * 2);
+    const scales = this.temp(shard, (k / q.block) * Math.ceil(n / 4) * 4 * 4);
+    const sums = q.sums ? this.temp(shard, n * (k / 32) * 2) : 0;
+    return { cmd: this.cmd('quantize_q8', shard, [x, xs, n, k, q.block, codes, scales, sums]), args: [codes, scales, sums] };
+  }
+
   private mustLive(): void {
     if (this.disposed) throw new Error('the fast CPU backend was disposed');
   }
@@ -442,6 +477,13 @@ export class SimdCpuBackend extends CpuBackend {
     return this.op(() => {
       const x = this.tensorIn(xIn, shard);
       const out = this.newTensor(shard, n, m);
+      const int8 = this.int8For(wt, n);
+      if (int8) {
+        const q = this.quantized(shard, int8, x, k, n, k);
+        const cmd = this.cmd(int8.matmul, shard, [...q.args, n, wt.ptr, k, 0, m, out.ptr, m]);
+        this.exec([{ cmds: [q.cmd], units: n }, { cmds: [cmd], units: Math.ceil(m / 4) }], n * m * k);
+        return out;
+      }
       const cmd = this.cmd(wt.kernels!.matmul, shard, [x, k, n, wt.ptr, k, 0, m, out.ptr, m, wt.scalesPtr, wt.br, wt.bc]);
       this.exec([{ cmds: [cmd], units: Math.ceil(m / 4) }], n * m * k);
       return out;
@@ -584,14 +626,16 @@ export class SimdCpuBackend extends CpuBackend {
    * up rows split in chunks, silu(g)·u on the same chunk's columns. Phase B (after all of A),
    * per expert: the down rows split in chunks, each chunk adding weight · y into its own columns
    * of the output, expert after expert, so no two threads write the same values.
+   * Projections on the integer path (int8For) need their input quantized first: a group of
+   * quantize_q8 commands (one chunk per token row) before each phase that has some.
    */
   private moeOn(shard: Shard, x: CpuTensor, r: { weights: Float32Array; topK: number }, experts: ExpertWeights[], picks: number[][], es: number[]): Tensor {
     const d = x.cols;
     return this.op(() => {
       const out = this.newTensor(shard, x.rows, d);
       out.data.fill(0);
-      const phaseA: Command[] = [], phaseB: Command[] = [];
-      let work = 0, maxInter = 0;
+      const phaseA: Command[] = [], phaseB: Command[] = [], quantA: Command[] = [], quantB: Command[] = [];
+      let work = 0, maxInter = 0, maxCnt = 0;
       for (const e of es) {
         const gate = experts[e].gate as SimdWeight, up = experts[e].up as SimdWeight, down = experts[e].down as SimdWeight;
         const inter = gate.rows;
@@ -612,20 +656,41 @@ export class SimdCpuBackend extends CpuBackend {
         }
         const g = this.temp(shard, cnt * inter * 4), u = this.temp(shard, cnt * inter * 4), y = this.temp(shard, cnt * d * 4);
         const gw = this.weightAt(gate, shard), uw = this.weightAt(up, shard), dw = this.weightAt(down, shard);
+        // x · w^T for rows [0, m) into dst: the float kernel, or the integer one on activations
+        // quantized once per block length (gate and up share theirs when they can).
+        const quants = new Map<Int8Kernels['block'], number[]>();
+        const project = (w: SimdWeight, at: Placed, src: number, k: number, m: number, dst: number, quant: Command[]): Command => {
+          const int8 = this.int8For(w, cnt);
+          if (!int8) return this.cmd(w.kernels!.matmul, shard, [src, k, cnt, at.ptr, k, 0, m, dst, m, at.scalesPtr, w.br, w.bc]);
+          let args = quant === quantA ? quants.get(int8.block) : undefined;
+          if (!args || (int8.sums && !args[2])) {
+            const q = this.quantized(shard, int8, src, k, cnt, k);
+            quant.push(q.cmd);
+            args = q.args;
+            if (quant === quantA) quants.set(int8.block, args);
+          }
+          return this.cmd(int8.matmul, shard, [...args, cnt, at.ptr, k, 0, m, dst, m]);
+        };
         phaseA.push(
-          this.cmd(gate.kernels!.matmul, shard, [xe, d, cnt, gw.ptr, d, 0, inter, g, inter, gw.scalesPtr, gate.br, gate.bc]),
-          this.cmd(up.kernels!.matmul, shard, [xe, d, cnt, uw.ptr, d, 0, inter, u, inter, uw.scalesPtr, up.br, up.bc]),
+          project(gate, gw, xe, d, inter, g, quantA),
+          project(up, uw, xe, d, inter, u, quantA),
           this.cmd('swiglu_cols', shard, [g, u, g, cnt, inter]),
         );
         phaseB.push(
-          this.cmd(down.kernels!.matmul, shard, [g, inter, cnt, dw.ptr, inter, 0, d, y, d, dw.scalesPtr, down.br, down.bc]),
+          project(down, dw, g, inter, d, y, quantB),
           this.cmd('scatter_add_cols', shard, [out.ptr, y, rows, wts, cnt, d]),
         );
         work += 3 * cnt * inter * d;
+        maxCnt = Math.max(maxCnt, cnt);
       }
       // A chunk of phase A is a slice of every expert's gate/up rows (and the same columns of
       // silu(g)·u); a chunk of phase B a slice of the output columns, over every expert in turn.
-      this.exec([{ cmds: phaseA, units: Math.ceil(maxInter / 4) }, { cmds: phaseB, units: Math.ceil(d / 4) }], work);
+      const groups: Group[] = [];
+      if (quantA.length) groups.push({ cmds: quantA, units: maxCnt });
+      groups.push({ cmds: phaseA, units: Math.ceil(maxInter / 4) });
+      if (quantB.length) groups.push({ cmds: quantB, units: maxCnt });
+      groups.push({ cmds: phaseB, units: Math.ceil(d / 4) });
+      this.exec(groups, work);
       return out;
     });
   }
