@@ -352,7 +352,7 @@ const fileOf = (s: Spec) => join(tmp, `${s.name}.gguf`);
 
 const webgpuSkip = await webgpuUnavailable();
 /**
- * Backends, and the bound each is held to. The fast CPU backend's integer prefill path
+ * Backends, and the bound each is held to. The fast CPU backend's integer path
  * quantizes activations to q8 for block-format weights (about 1e-3 relative per matmul,
  * docs/backends.md), compounded over the layers of these random-weight models, so its logits
  * get the bound llama.cpp's (same kind of activations) get below: 4% of the largest logit. Its
@@ -361,7 +361,7 @@ const webgpuSkip = await webgpuUnavailable();
 const backends: [string, () => Promise<Backend>, string | undefined, number][] = [
   ['cpu-ref', async () => new CpuBackend(), undefined, 1e-4],
   ['cpu-simd (float path)', () => SimdCpuBackend.create({ threads: 2, minParallelWork: 0, int8MinTokens: Infinity }), undefined, 1e-4],
-  ['cpu-simd (integer prefill)', () => SimdCpuBackend.create({ threads: 2, minParallelWork: 0 }), undefined, 4e-2],
+  ['cpu-simd (integer path)', () => SimdCpuBackend.create({ threads: 2, minParallelWork: 0 }), undefined, 4e-2],
   ['webgpu', () => WebGpuBackend.create(), webgpuSkip || undefined, 1e-4],
 ];
 

@@ -55,13 +55,13 @@ export interface SimdCpuOptions {
 }
 
 /**
- * Default SimdCpuOptions.int8MinTokens (docs/backends.md has the figures). From two tokens on
- * the integer path is ahead (1.5x to 3x per matmul, bench/cpu-kernels.ts). A single token
- * (decode) stays on the float path: its kernel is also faster on the integer path while the
- * weight sits in cache, but decode streams every weight from memory and measured the same
- * tok/s either way, so it keeps the exact path.
+ * Default SimdCpuOptions.int8MinTokens (docs/backends.md has the figures): every matmul with a
+ * block-format weight, decode included, as llama.cpp computes them. For batches the integer
+ * kernels do 1.5x to 3x the float path's multiply-adds per second; for a single token they
+ * stream a q8_0 weight from memory about twice as fast (the float path decodes each weight to
+ * f32 at 4-6 instructions per four weights, which bounds it below memory speed).
  */
-export const INT8_MIN_TOKENS = 2;
+export const INT8_MIN_TOKENS = 1;
 
 // ---- the compiled kernels ----------------------------------------------------------------
 
