@@ -190,6 +190,7 @@ async function main(): Promise<void> {
     console.log(`median | ${fmt(lp)} | ${fmt(sp)} | ${fmt(sp / lp)} | ${fmt(ld)} | ${fmt(sd)} | ${fmt(sd / ld)} | ${(Math.max(...S.map((x) => x.rss!)) / 2 ** 20).toFixed(0)} MiB`);
 
     const n = o.continuationTokens;
+    if (n < 1) continue; // --continuation-tokens 0: speed only
     const mine = await shoalGreedy(file, prompts, n, o.threads);
     for (let i = 0; i < prompts.length; i++) {
       const theirs = await llamaGreedy(llama, file, prompts[i], n, o.threads);
