@@ -2,17 +2,19 @@
  * Batch-1 decode on a GPU: shoal's WebGPU backend against llama.cpp's Vulkan build (node-llama-cpp)
  * on the same synthetic GGUF, and both against the adapter's memory-bandwidth roofline.
  *
- *   node dist/bench/webgpu-decode.js [--rounds 3] [--prompt-tokens 16] [--gen-tokens 128]
- *        [--bandwidth-gbs 3350] [--with-cpu] [--tiny] [--dir /tmp/shoal-webgpu-bench]
+ *   node dist/bench/webgpu-decode.js [--arch llama|deepseek2] [--rounds 3] [--prompt-tokens 16]
+ *        [--gen-tokens 128] [--bandwidth-gbs 3350] [--with-cpu] [--tiny] [--dir /tmp/shoal-webgpu-bench]
  *
- * 1. Writes (once; kept in --dir) a `llama` GGUF with Llama-3.2-1B's shapes (hidden 2048, 16 layers,
- *    32 heads, 8 KV heads of 64, FFN 8192, vocab 128256, tied embeddings: 1.24 B parameters),
- *    random q8_0 blocks written directly (random int8 codes, one f16 scale per block), tensor by
- *    tensor, with a byte-level BPE tokenizer embedded (256 byte tokens, a few merges, [PADn]
- *    fillers, Llama 3's special tokens at the end).
+ * 1. Writes (once; kept in --dir) a synthetic GGUF, random q8_0 blocks written directly (random
+ *    int8 codes, one f16 scale per block), tensor by tensor, with a byte-level BPE tokenizer
+ *    embedded (256 byte tokens, a few merges, [PADn] fillers, Llama 3's special tokens last):
+ *    - llama: Llama-3.2-1B's shapes (hidden 2048, 16 layers, 32 heads, 8 KV heads of 64, FFN 8192,
+ *      vocab 128256, tied embeddings): 1.24 B parameters, 1255 MiB;
+ *    - deepseek2: DeepSeek-V2-Lite's layers (MLA rank 512, 64 experts of 1408, top-6, 2 shared,
+ *      vocab 102400), 6 of them (1 dense): 3.4 B parameters, 0.75 B read per token, 3474 MiB.
  * 2. Measures the adapter's memory bandwidth with WebGPU: a kernel summing a large buffer, and
  *    copyBufferToBuffer (best of several runs each).
- * 3. Alternates, --rounds times, shoal (--device webgpu, each round a fresh process) and llama.cpp
+ * 3. Alternates, --rounds times, each round of each engine a fresh process: shoal (--device webgpu) and llama.cpp
  *    (Vulkan, every layer offloaded; and its CPU build with --with-cpu): greedy decode tokens/s
  *    after a --prompt-tokens prompt.
  * 4. Roofline: the bytes one decode step must read (every weight byte of the file but the
@@ -29,6 +31,8 @@ import { dirname, join, resolve } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { GGML, ggmlTensorBytes, kv, openGguf, writeGguf, type GgufMetadata, type GgufTensorToWrite } from '../src/formats/gguf.js';
 import { TOKEN_TYPE } from '../src/tokenizer/gguf-tokenizer.js';
+import { archMetadata } from '../src/models/gguf-deepseek.js';
+import { parseDeepseekConfig } from '../src/models/config.js';
 import { listAdapters, requestAdapter, summarizeAdapter, type AdapterSummary } from '../src/backends/webgpu/dawn.js';
 import { formatAdapter } from '../src/cli/devices.js';
 
@@ -165,6 +169,113 @@ export function writeSyntheticLlama(path: string, s: DenseShape, onTensor?: (don
     );
   }
   ts.push(ones('output_norm.weight', s.hidden));
+  mkdirSync(dirname(path), { recursive: true });
+  const tmp = `${path}.partial`;
+  writeGguf(tmp, md, ts, onTensor);
+  renameSync(tmp, path);
+}
+
+/** A DeepSeek-V2-style MoE (MLA attention, no q LoRA, the first layer dense). */
+export interface MoeShape {
+  layers: number;
+  hidden: number;
+  heads: number;
+  kvLoraRank: number;
+  ropeDim: number;
+  nopeDim: number;
+  vDim: number;
+  experts: number;
+  expertsUsed: number;
+  sharedExperts: number;
+  expertFfn: number;
+  denseFfn: number;
+  vocab: number;
+}
+
+/**
+ * DeepSeek-V2-Lite's layer shapes (bench/vs-llama-cpp.ts) with 6 layers, 1 dense and 5 MoE:
+ * 3.4 B parameters, of which a token reads 0.75 B (6 of 64 experts + 2 shared).
+ */
+export const DEEPSEEK_V2_LITE_6L: MoeShape = {
+  layers: 6, hidden: 2048, heads: 16, kvLoraRank: 512, ropeDim: 64, nopeDim: 128, vDim: 128,
+  experts: 64, expertsUsed: 6, sharedExperts: 2, expertFfn: 1408, denseFfn: 10944, vocab: 102400,
+};
+export const TINY_MOE: MoeShape = {
+  layers: 2, hidden: 256, heads: 4, kvLoraRank: 64, ropeDim: 32, nopeDim: 32, vDim: 32,
+  experts: 8, expertsUsed: 2, sharedExperts: 1, expertFfn: 128, denseFfn: 512, vocab: 1024,
+};
+
+/** Random f32 values uniform in Â±a (the router: llama.cpp's converter keeps it f32). */
+function randomF32(name: string, ne: number[], a: number): GgufTensorToWrite {
+  const n = ne.reduce((x, y) => x * y, 1);
+  return {
+    name, type: GGML.F32, ne,
+    write: (emit) => {
+      const u = new Uint32Array(n);
+      randomFillSync(u);
+      emit(new Uint8Array(Float32Array.from(u, (v) => (v / 2 ** 32 * 2 - 1) * a).buffer));
+    },
+  };
+}
+
+/** Writes the deepseek2 GGUF (q8_0 matrices, untied head) unless `path` exists; streams tensor by tensor. */
+export function writeSyntheticDeepseek2(path: string, s: MoeShape, onTensor?: (done: number, total: number) => void): void {
+  if (existsSync(path)) return;
+  const H = s.heads, d = s.hidden, R = s.kvLoraRank;
+  const cfg = parseDeepseekConfig({
+    architectures: ['DeepseekV2ForCausalLM'], model_type: 'deepseek_v2',
+    vocab_size: s.vocab, hidden_size: d, intermediate_size: s.denseFfn, moe_intermediate_size: s.expertFfn,
+    num_hidden_layers: s.layers, num_attention_heads: H, num_key_value_heads: H,
+    n_shared_experts: s.sharedExperts, n_routed_experts: s.experts, ep_size: 1, routed_scaling_factor: 1.0,
+    kv_lora_rank: R, q_lora_rank: null, qk_rope_head_dim: s.ropeDim, v_head_dim: s.vDim, qk_nope_head_dim: s.nopeDim,
+    topk_method: 'greedy', n_group: 1, topk_group: 1, num_experts_per_tok: s.expertsUsed, moe_layer_freq: 1,
+    first_k_dense_replace: 1, norm_topk_prob: false, scoring_func: 'softmax',
+    hidden_act: 'silu', max_position_embeddings: 8192, rms_norm_eps: 1e-6,
+    bos_token_id: s.vocab - 3, eos_token_id: s.vocab - 2, tie_word_embeddings: false, rope_theta: 10000,
+  }, 'synthetic config');
+  const { tokens, types, merges } = syntheticVocab(s.vocab);
+  const md: GgufMetadata = [
+    ...archMetadata(cfg, `synthetic deepseek2 ${s.layers}x${d}`, 'q8_0'),
+    ['tokenizer.ggml.model', kv.str('gpt2')],
+    ['tokenizer.ggml.pre', kv.str('llama-bpe')],
+    ['tokenizer.ggml.tokens', kv.strs(tokens)],
+    ['tokenizer.ggml.token_type', kv.i32s(types)],
+    ['tokenizer.ggml.merges', kv.strs(merges)],
+    ['tokenizer.ggml.bos_token_id', kv.u32(s.vocab - 3)],
+    ['tokenizer.ggml.eos_token_id', kv.u32(s.vocab - 2)],
+  ];
+  const experts = (name: string, rows: number, cols: number): GgufTensorToWrite => {
+    const one = randomQ8_0(name, rows * s.experts, cols);
+    return { ...one, ne: [cols, rows, s.experts] };
+  };
+  const ts: GgufTensorToWrite[] = [randomQ8_0('token_embd.weight', s.vocab, d)];
+  for (let i = 0; i < s.layers; i++) {
+    const p = `blk.${i}`;
+    ts.push(
+      ones(`${p}.attn_norm.weight`, d),
+      randomQ8_0(`${p}.attn_q.weight`, H * (s.nopeDim + s.ropeDim), d),
+      randomQ8_0(`${p}.attn_kv_a_mqa.weight`, R + s.ropeDim, d),
+      ones(`${p}.attn_kv_a_norm.weight`, R),
+      // kv_b split per head as llama.cpp's converter writes it: k_b [H, R, nope], v_b [H, v, R].
+      { ...randomQ8_0(`${p}.attn_k_b.weight`, H * R, s.nopeDim), ne: [s.nopeDim, R, H] },
+      { ...randomQ8_0(`${p}.attn_v_b.weight`, H * s.vDim, R), ne: [R, s.vDim, H] },
+      randomQ8_0(`${p}.attn_output.weight`, d, H * s.vDim),
+      ones(`${p}.ffn_norm.weight`, d),
+    );
+    if (i === 0) {
+      ts.push(randomQ8_0(`${p}.ffn_gate.weight`, s.denseFfn, d), randomQ8_0(`${p}.ffn_up.weight`, s.denseFfn, d), randomQ8_0(`${p}.ffn_down.weight`, d, s.denseFfn));
+      continue;
+    }
+    const shared = s.expertFfn * s.sharedExperts;
+    ts.push(
+      randomF32(`${p}.ffn_gate_inp.weight`, [d, s.experts], 1.7 / Math.sqrt(d)),
+      experts(`${p}.ffn_gate_exps.weight`, s.expertFfn, d),
+      experts(`${p}.ffn_up_exps.weight`, s.expertFfn, d),
+      experts(`${p}.ffn_down_exps.weight`, d, s.expertFfn),
+    );
+    if (shared) ts.push(randomQ8_0(`${p}.ffn_gate_shexp.weight`, shared, d), randomQ8_0(`${p}.ffn_up_shexp.weight`, shared, d), randomQ8_0(`${p}.ffn_down_shexp.weight`, d, shared));
+  }
+  ts.push(ones('output_norm.weight', d), randomQ8_0('output.weight', s.vocab, d));
   mkdirSync(dirname(path), { recursive: true });
   const tmp = `${path}.partial`;
   writeGguf(tmp, md, ts, onTensor);
@@ -310,8 +421,8 @@ export interface DecodeFigures {
 
 /**
  * Runs an ES module script in a fresh Node process and parses the JSON it prints. Each engine's
- * round runs alone in its process: no sharing of the GPU, threads or Vulkan instances (Dawn's and
- * llama.cpp's in one process slowed llama.cpp on lavapipe some 100-fold).
+ * round runs alone in its process and loads the model afresh: no Vulkan instance, GPU memory or
+ * threads shared between the engines or carried over between rounds.
  */
 function inChild<T>(what: string, script: string): T {
   // A file, not `node -e`: node-llama-cpp tests its binary in a process started with our execArgv.
@@ -411,8 +522,43 @@ const pct = (v: number) => (Number.isFinite(v) ? `${(v * 100).toFixed(0)}%` : 'â
 
 interface Options {
   dir: string; rounds: number; promptTokens: number; genTokens: number; threads: number;
-  tiny: boolean; layers?: number; hidden?: number; heads?: number; kvHeads?: number; headDim?: number; ffn?: number; vocab?: number;
+  arch: 'llama' | 'deepseek2'; tiny: boolean; layers?: number; hidden?: number; heads?: number; kvHeads?: number; headDim?: number; ffn?: number; vocab?: number; experts?: number; expertsUsed?: number;
   bandwidthGbs?: number; bandwidthMib: number; withCpu: boolean; llamaGpu: string; llamaCpp: boolean;
+}
+
+function denseShape(o: Options): DenseShape {
+  const b = o.tiny ? TINY : LLAMA_32_1B;
+  return {
+    layers: o.layers ?? b.layers, hidden: o.hidden ?? b.hidden, heads: o.heads ?? b.heads, kvHeads: o.kvHeads ?? b.kvHeads,
+    headDim: o.headDim ?? b.headDim, ffn: o.ffn ?? b.ffn, vocab: o.vocab ?? b.vocab,
+  };
+}
+
+function moeShape(o: Options): MoeShape {
+  const b = o.tiny ? TINY_MOE : DEEPSEEK_V2_LITE_6L;
+  return {
+    ...b, layers: o.layers ?? b.layers, hidden: o.hidden ?? b.hidden, heads: o.heads ?? b.heads, vocab: o.vocab ?? b.vocab,
+    experts: o.experts ?? b.experts, expertsUsed: o.expertsUsed ?? b.expertsUsed,
+  };
+}
+
+/** The cached file for the options' architecture and shape, and how the report names it. */
+function syntheticModel(o: Options): { file: string; label: string; vocab: number } {
+  if (o.arch === 'deepseek2') {
+    const s = moeShape(o);
+    return {
+      file: join(o.dir, `deepseek2-${s.layers}x${s.hidden}-h${s.heads}-r${s.kvLoraRank}-e${s.experts}k${s.expertsUsed}s${s.sharedExperts}-f${s.expertFfn}-v${s.vocab}-q8_0.gguf`),
+      label: `synthetic deepseek2 ${s.layers} layers x ${s.hidden} (1 dense; MoE ${s.experts} experts of ${s.expertFfn}, top-${s.expertsUsed}, ${s.sharedExperts} shared; MLA rank ${s.kvLoraRank})`,
+      vocab: s.vocab,
+    };
+  }
+  if (o.arch !== 'llama') throw new Error(`--arch ${o.arch}: llama or deepseek2`);
+  const s = denseShape(o);
+  return {
+    file: join(o.dir, `llama-${s.layers}x${s.hidden}-h${s.heads}-kv${s.kvHeads}-d${s.headDim}-f${s.ffn}-v${s.vocab}-q8_0.gguf`),
+    label: `synthetic llama ${s.layers} layers x ${s.hidden} (${s.heads} heads, ${s.kvHeads} KV heads of ${s.headDim}, FFN ${s.ffn}, vocab ${s.vocab}, tied embeddings)`,
+    vocab: s.vocab,
+  };
 }
 
 async function main(): Promise<void> {
@@ -423,13 +569,16 @@ async function main(): Promise<void> {
     .option('--prompt-tokens <n>', 'prompt length before decoding', int, 16)
     .option('--gen-tokens <n>', 'tokens to decode', int, 128)
     .option('--threads <n>', 'llama.cpp CPU threads', int, cpus().length)
+    .option('--arch <name>', 'llama (Llama-3.2-1B shapes) | deepseek2 (DeepSeek-V2-Lite layers, 6 of them)', 'llama')
     .option('--tiny', 'a 2-layer model of hidden 256 (software adapters, tests)', false)
     .option('--layers <n>', 'override the layer count', int)
     .option('--hidden <n>', 'override the hidden size', int)
     .option('--heads <n>', 'override the attention heads', int)
-    .option('--kv-heads <n>', 'override the KV heads', int)
-    .option('--head-dim <n>', 'override the head dimension', int)
-    .option('--ffn <n>', 'override the FFN width', int)
+    .option('--kv-heads <n>', 'llama: override the KV heads', int)
+    .option('--head-dim <n>', 'llama: override the head dimension', int)
+    .option('--ffn <n>', 'llama: override the FFN width', int)
+    .option('--experts <n>', 'deepseek2: override the routed experts', int)
+    .option('--experts-used <n>', 'deepseek2: override the experts per token', int)
     .option('--vocab <n>', 'override the vocabulary size', int)
     .option('--bandwidth-gbs <x>', "the card's spec-sheet bandwidth, GB/s (H100 SXM: 3350, H100 PCIe: 2000, H200: 4800)", parseFloat)
     .option('--bandwidth-mib <n>', 'buffer size for the measured bandwidth, MiB', int, 1024)
@@ -438,16 +587,11 @@ async function main(): Promise<void> {
     .option('--no-llama-cpp', 'shoal only')
     .parse().opts() as Options;
 
-  const base = o.tiny ? TINY : LLAMA_32_1B;
-  const shape: DenseShape = {
-    layers: o.layers ?? base.layers, hidden: o.hidden ?? base.hidden, heads: o.heads ?? base.heads, kvHeads: o.kvHeads ?? base.kvHeads,
-    headDim: o.headDim ?? base.headDim, ffn: o.ffn ?? base.ffn, vocab: o.vocab ?? base.vocab,
-  };
-  const file = join(o.dir, `llama-${shape.layers}x${shape.hidden}-h${shape.heads}-kv${shape.kvHeads}-d${shape.headDim}-f${shape.ffn}-v${shape.vocab}-q8_0.gguf`);
+  const { file, label, vocab } = syntheticModel(o);
   if (!existsSync(file)) {
     const t0 = performance.now();
-    console.log(`# writing ${file} (${(denseParameters(shape) / 1e9).toFixed(2)} B parameters, q8_0)`);
-    writeSyntheticLlama(file, shape);
+    console.log(`# writing ${file}`);
+    if (o.arch === 'deepseek2') writeSyntheticDeepseek2(file, moeShape(o)); else writeSyntheticLlama(file, denseShape(o));
     console.log(`# wrote ${(statSync(file).size / 2 ** 20).toFixed(0)} MiB in ${((performance.now() - t0) / 1000).toFixed(1)} s`);
   }
 
@@ -474,7 +618,7 @@ async function main(): Promise<void> {
   if (o.llamaCpp) { llamaBuilds.set(o.llamaGpu, true); if (o.withCpu) llamaBuilds.set(false, true); }
   const llama = (gpu: string | false): DecodeFigures | null => {
     if (!llamaBuilds.get(gpu)) return null;
-    const r = llamaCppRound(file, shape.vocab, o.promptTokens, o.genTokens, gpu, o.threads);
+    const r = llamaCppRound(file, vocab, o.promptTokens, o.genTokens, gpu, o.threads);
     if (!('why' in r)) return r;
     console.log(`# llama.cpp ${gpu || 'cpu'}: unavailable (${r.why})`);
     llamaBuilds.set(gpu, false);
@@ -503,7 +647,7 @@ async function main(): Promise<void> {
   console.log(`\n## for docs/benchmarks.md\n`);
   console.log(`Batch-1 greedy decode on ${a.description || a.device || '?'} (WebGPU: vendor ${a.vendor || '?'}, architecture ${a.architecture || '?'}, `
     + `shader-f16 ${a.features.includes('shader-f16') ? 'yes' : 'no'}, subgroups ${a.features.includes('subgroups') ? 'yes' : 'no'}), `
-    + `synthetic llama ${shape.layers} layers x ${shape.hidden} (${(step.parameters / 1e9).toFixed(2)} B parameters, q8_0, ${(statSync(file).size / 2 ** 20).toFixed(0)} MiB), `
+    + `${label} (${(step.parameters / 1e9).toFixed(2)} B parameters, q8_0, ${(statSync(file).size / 2 ** 20).toFixed(0)} MiB), `
     + `prompt ${o.promptTokens}, ${o.genTokens} tokens, median of ${o.rounds} alternating rounds. A step reads ${(perToken / 2 ** 20).toFixed(1)} MiB; `
     + `bandwidth measured with WebGPU ${fmt(measured, 0)} GB/s${o.bandwidthGbs ? `, spec sheet ${o.bandwidthGbs} GB/s` : ''}.\n`);
   console.log('| engine | decode tok/s | vs llama.cpp GPU | of roofline (measured bandwidth) | of roofline (spec sheet) |');
