@@ -144,6 +144,21 @@ describe('GGUF reader and writer', () => {
     }
   });
 
+  it('writes metadata arrays of Llama 3 size (128256 strings and ints)', () => {
+    const path = join(tmp, 'big-vocab.gguf');
+    const tokens = Array.from({ length: 128256 }, (_, i) => `t${i}`);
+    writeGguf(path, [['tokenizer.ggml.tokens', kv.strs(tokens)], ['tokenizer.ggml.token_type', kv.i32s(tokens.map((_, i) => i % 7))]], []);
+    const f = openGguf(path);
+    try {
+      const got = f.array('tokenizer.ggml.tokens')!;
+      assert.equal(got.length, 128256);
+      assert.equal(got[128255], 't128255');
+      assert.equal(f.array('tokenizer.ggml.token_type')![128255], 128255 % 7);
+    } finally {
+      f.close();
+    }
+  });
+
   it('the writer refuses a tensor whose bytes do not match its dims', () => {
     assert.throws(() => writeGguf(join(tmp, 'bad.gguf'), [], [bytesTensor('x', GGML.F32, [4], new Uint8Array(8))]), /wrote 8 bytes, expected 16/);
     assert.throws(() => writeGguf(join(tmp, 'bad.gguf'), [], [bytesTensor('x', GGML.Q8_0, [33], new Uint8Array(34))]), /cannot hold/);

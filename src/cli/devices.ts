@@ -34,18 +34,23 @@ export async function devicesReport(): Promise<DevicesReport> {
   };
 }
 
+/** An adapter's lines of the report: name, vendor and architecture, key limits, features. */
+export function formatAdapter(a: AdapterSummary, label = ''): string {
+  const name = a.description || [a.vendor, a.device].filter(Boolean).join(' ') || 'unknown adapter';
+  const has = (f: string) => (a.features.includes(f) ? 'yes' : 'no');
+  return [
+    `${label.padEnd(6)}    ${name}${a.fallback ? '  (software: used by --device webgpu only, not auto)' : ''}`,
+    `            vendor ${a.vendor || '?'}, architecture ${a.architecture || '?'}, device ${a.device || '?'}`,
+    `            ${KEY_LIMITS.filter((k) => k in a.limits).map((k) => `${k} ${/Size$/.test(k) ? bytes(a.limits[k]) : a.limits[k]}`).join(', ')}`,
+    `            shader-f16 ${has('shader-f16')}, subgroups ${has('subgroups')}${a.subgroupSizes ? ` (size ${a.subgroupSizes[0]}-${a.subgroupSizes[1]})` : ''}; features: ${a.features.join(' ') || 'none'}`,
+  ].join('\n');
+}
+
 function formatReport(r: DevicesReport): string {
   const out: string[] = [];
   out.push(`cpu       WebAssembly SIMD kernels on ${r.cpu.cores} threads (cpu-ref: the TypeScript reference): ${r.cpu.model}, ${bytes(r.cpu.memoryBytes)} memory`);
   if (!r.webgpu.adapters.length) out.push(`webgpu    unavailable: ${r.webgpu.unavailable}`);
-  r.webgpu.adapters.forEach((a, i) => {
-    const name = a.description || [a.vendor, a.device].filter(Boolean).join(' ') || 'unknown adapter';
-    out.push(`${i === 0 ? 'webgpu' : ''.padEnd(6)}    ${name}${a.fallback ? '  (software: used by --device webgpu only, not auto)' : ''}`);
-    out.push(`            vendor ${a.vendor || '?'}, architecture ${a.architecture || '?'}, device ${a.device || '?'}`);
-    out.push(`            ${KEY_LIMITS.filter((k) => k in a.limits).map((k) => `${k} ${/Size$/.test(k) ? bytes(a.limits[k]) : a.limits[k]}`).join(', ')}`);
-    const has = (f: string) => (a.features.includes(f) ? 'yes' : 'no');
-    out.push(`            shader-f16 ${has('shader-f16')}, subgroups ${has('subgroups')}${a.subgroupSizes ? ` (size ${a.subgroupSizes[0]}-${a.subgroupSizes[1]})` : ''}; features: ${a.features.join(' ') || 'none'}`);
-  });
+  r.webgpu.adapters.forEach((a, i) => out.push(formatAdapter(a, i === 0 ? 'webgpu' : '')));
   out.push(`auto      -> ${r.auto}`);
   return out.join('\n') + '\n';
 }

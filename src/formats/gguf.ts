@@ -474,7 +474,7 @@ function encodeValue(v: GgufValue): Buffer[] {
     ah.writeUInt32LE(v.itemType, 0);
     ah.writeBigUInt64LE(BigInt(v.value.length), 4);
     const items = v.value.map((x) => (v.itemType === GgufType.STRING ? encodeString(x as string) : encodeScalar(v.itemType, x as number)));
-    return [head, ah, ...items];
+    return [head, ah, Buffer.concat(items)]; // one piece: a spread of 100k+ items overflows the stack
   }
   return [head, encodeScalar(v.type, v.value)];
 }

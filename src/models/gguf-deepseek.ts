@@ -370,7 +370,8 @@ function bytesOf(w: HostWeight): Uint8Array {
   return new Uint8Array(w.data.buffer, w.data.byteOffset, w.data.byteLength);
 }
 
-function archMetadata(cfg: DeepseekConfig, name: string, type: GgufOutType): GgufMetadata {
+/** The deepseek2 metadata llama.cpp reads (architecture keys, no tokenizer). */
+export function archMetadata(cfg: DeepseekConfig, name: string, type: GgufOutType): GgufMetadata {
   const k = (key: string) => `${ARCH}.${key}`;
   if (cfg.moeLayerFreq !== 1 && cfg.nRoutedExperts > 0) throw new UserError(`moe_layer_freq ${cfg.moeLayerFreq}: llama.cpp's deepseek2 has MoE in every layer after the dense ones`);
   const md: GgufMetadata = [
