@@ -464,7 +464,7 @@ export function backendConformance(label: string, make: () => Backend | Promise<
 
     describe('matmul', () => {
       // [n, m, k]: x [n, k] times w [m, k]^T. Odd sizes, partial fp8 blocks, n = 1 (decode) and n > 1.
-      const shapes: [number, number, number][] = [[1, 7, 5], [3, 130, 129], [17, 33, 257], [1, 300, 260], [5, 1, 300], [2, 257, 33]];
+      const shapes: [number, number, number][] = [[1, 7, 5], [3, 130, 129], [17, 33, 257], [1, 300, 260], [5, 1, 300], [2, 257, 33], [1, 9, 64]];
       // Block formats: k a whole number of blocks (32 or 256 values).
       const blockShapes = (per: number): [number, number, number][] =>
         per === 32 ? [[1, 7, 32], [3, 130, 96], [17, 33, 256], [1, 300, 512], [5, 1, 64]] : [[1, 7, 256], [3, 130, 512], [17, 33, 256], [2, 257, 768], [5, 1, 256]];
@@ -989,6 +989,10 @@ export function backendConformance(label: string, make: () => Backend | Promise<
         check('k-quants', 4, 256, 256, 5, softmax(2), [q4k, q4k, q6k], [2]));
       moeCase('mixed block and element formats (q4_0 gate, bf16 up, q8_0 down)', [q4, bf16, q8], () =>
         check('mixed blocks', 3, 64, 32, 4, softmax(2), [q4, bf16, q8], [0]));
+      // Decode (1 token) with widths of whole 32-value blocks: the kernels' one-token paths.
+      moeCase('q8_0 experts, decode (1 token), 3 blocks a row', [q8, q8, q8], () => check('q8_0 decode', 1, 96, 64, 6, softmax(2), [q8, q8, q8], [1]));
+      moeCase('k-quant experts, decode (1 token)', [q4k, q4k, q6k], () => check('k-quants decode', 1, 256, 256, 5, softmax(2), [q4k, q4k, q6k], [2]));
+      moeCase('mixed block and element formats, decode (1 token)', [q4, bf16, q8], () => check('mixed blocks decode', 1, 64, 32, 4, softmax(2), [q4, bf16, q8], [0]));
     });
 
     // ---- argmaxRows -------------------------------------------------------------------

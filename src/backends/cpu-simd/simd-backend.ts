@@ -301,7 +301,12 @@ export class SimdCpuBackend extends CpuBackend {
     if (ptr < 0) {
       if (!anywhere) ptr = this.allocIn(shard, bytes); // throws: out of shared memory
       for (const s of this.shards) if (ptr < 0 && s !== shard && (ptr = s.alloc(bytes)) >= 0) shard = s;
-      if (ptr < 0) ptr = this.allocIn((shard = this.shardWithRoom(bytes, false)), bytes);
+      if (ptr < 0) {
+        // The last shard may have the bytes free but not in one piece: then a new one.
+        shard = this.shardWithRoom(bytes, false);
+        ptr = shard.alloc(bytes);
+        if (ptr < 0) ptr = this.allocIn((shard = this.newShard()), bytes);
+      }
     }
     const t = new SimdTensor(rows, cols, shard.f32(ptr, len), shard, ptr);
     this.registry.register(t, { shard, ptr, bytes });

@@ -75,6 +75,87 @@ fn silu(v: f32) -> f32 {
 }
 `;
 
+/** Four signed bytes of a word as f32 (byte b of `v` at lane b). */
+const I8X4 = /* wgsl */ `
+fn i8x4(v: u32) -> vec4f {
+  return vec4f(f32(bitcast<i32>(v << 24u) >> 24u), f32(bitcast<i32>(v << 16u) >> 24u), f32(bitcast<i32>(v << 8u) >> 24u), f32(bitcast<i32>(v) >> 24u));
+}`;
+
+/** x[o .. o + 3] as a vector. */
+const X4 = 'fn x4(o: u32) -> vec4f { return vec4f(x[o], x[o + 1u], x[o + 2u], x[o + 3u]); }';
+
+/**
+ * WGSL of `name_dot32` (see Shader.weight). q8_0 and q4_0 blocks (34 and 18 bytes) start on
+ * an even byte, so their codes begin on a word or half a word: a misaligned word is put
+ * together from two. q4_k sub-blocks are word-aligned; q6_k and the float formats go value
+ * by value through name_at.
+ */
+function dot32Fn(name: string, format: WeightFormat): string {
+  const d = `${name}_d`, cols = `P.${name}_cols`;
+  const head = `fn ${name}_dot32(r: u32, c0: u32, xo: u32) -> f32 {`;
+  // Word i of the bytes from byte offset b (b even), put together when b is not word-aligned.
+  const word = `fn ${name}_word(b: u32, i: u32) -> u32 {
+  let q = (b >> 2u) + i;
+  if ((b & 2u) == 0u) { return ${d}[q]; }
+  return (${d}[q] >> 16u) | (${d}[q + 1u] << 16u);
+}`;
+  const scale = (p: string) => `f16_to_f32((${d}[${p} >> 2u] >> ((${p} & 2u) * 8u)) & 0xffffu)`;
+  switch (format) {
+    case 'q8_0':
+      return `${word}\n${head}
+  let p = (r * (${cols} / 32u) + c0 / 32u) * 34u;
+  var s = 0.0;
+  for (var i = 0u; i < 8u; i++) { s += dot(i8x4(${name}_word(p + 2u, i)), x4(xo + c0 + i * 4u)); }
+  return s * ${scale('p')};
+}`;
+    case 'q4_0':
+      // Byte j holds value j (low nibble) and value j + 16 (high nibble).
+      return `${word}\n${head}
+  let p = (r * (${cols} / 32u) + c0 / 32u) * 18u;
+  var s = 0.0;
+  for (var i = 0u; i < 4u; i++) {
+    let v = ${name}_word(p + 2u, i);
+    let lo = vec4f(vec4u(v & 15u, (v >> 8u) & 15u, (v >> 16u) & 15u, (v >> 24u) & 15u)) - 8.0;
+    let hi = vec4f(vec4u((v >> 4u) & 15u, (v >> 12u) & 15u, (v >> 20u) & 15u, v >> 28u)) - 8.0;
+    s += dot(lo, x4(xo + c0 + i * 4u)) + dot(hi, x4(xo + c0 + 16u + i * 4u));
+  }
+  return s * ${scale('p')};
+}`;
+    case 'q4_k':
+      // Sub-block j of a super-block: 32 nibbles (low for even j, high for odd) times d·sc, minus dmin·mn.
+      return `${head}
+  let p = (r * (${cols} / 256u) + c0 / 256u) * 144u;
+  let j = (c0 % 256u) >> 5u;
+  let dd = ${d}[p >> 2u];
+  let k = p + 4u;
+  var sc: u32;
+  var mn: u32;
+  if (j < 4u) { sc = ${name}_byte(k + j) & 63u; mn = ${name}_byte(k + j + 4u) & 63u; }
+  else {
+    sc = (${name}_byte(k + j + 4u) & 0xfu) | ((${name}_byte(k + j - 4u) >> 6u) << 4u);
+    mn = (${name}_byte(k + j + 4u) >> 4u) | ((${name}_byte(k + j) >> 6u) << 4u);
+  }
+  let base = (p + 16u + (j >> 1u) * 32u) >> 2u;
+  let sh = (j & 1u) * 4u;
+  var sq = 0.0;
+  var sx = 0.0;
+  for (var i = 0u; i < 8u; i++) {
+    let v = ${d}[base + i] >> sh;
+    let xv = x4(xo + c0 + i * 4u);
+    sq += dot(vec4f(vec4u(v & 15u, (v >> 8u) & 15u, (v >> 16u) & 15u, (v >> 24u) & 15u)), xv);
+    sx += xv.x + xv.y + xv.z + xv.w;
+  }
+  return f16_to_f32(dd & 0xffffu) * f32(sc) * sq - f16_to_f32(dd >> 16u) * f32(mn) * sx;
+}`;
+    default:
+      return `${head}
+  var s = 0.0;
+  for (var j = 0u; j < 32u; j++) { s += ${name}_at(r, c0 + j) * x[xo + c0 + j]; }
+  return s;
+}`;
+  }
+}
+
 /** Builds one kernel: parameters, bindings and the WGSL around a body. */
 export class Shader {
   readonly params: { name: string; type: 'u32' | 'f32'; value: number }[] = [];
@@ -99,9 +180,21 @@ export class Shader {
     return this;
   }
 
-  /** Declares weight `name` (one part of it) and its decoder `name_at(r, c)`; r is relative to the part. */
-  weight(name: string, w: WeightRef, part: WeightPart): this {
+  /**
+   * Declares weight `name` (one part of it) and its decoder `name_at(r, c)`; r is relative to
+   * the part. With `dot32`, also `name_dot32(r, c0, xo)` = Σ_{j<32} w(r, c0 + j) · x[xo + c0 + j]
+   * for c0 a multiple of 32, reading the activations from the kernel's buffer `x`: the block
+   * formats decode a whole block (or sub-block) with its scales read once and its codes a word
+   * at a time, the others call name_at.
+   */
+  weight(name: string, w: WeightRef, part: WeightPart, dot32 = false): this {
     const d = `${name}_d`;
+    if (dot32) {
+      // i8x4 and x4 are shared by the weights of a kernel (declared once).
+      const helpers = w.format === 'q8_0' ? [I8X4, X4] : w.format === 'q4_0' || w.format === 'q4_k' ? [X4] : [];
+      for (const h of helpers) if (!this.fns.includes(h)) this.fns.push(h);
+      this.fns.push(dot32Fn(name, w.format));
+    }
     this.u32(`${name}_cols`, w.cols);
     const idx = `let i = r * P.${name}_cols + c;`;
     switch (w.format) {
@@ -262,8 +355,8 @@ const MM_WG = 64;
  *   expert, see moeIndex); with `gather`, x row = token of sorted entry r = idx[P.list + r] / P.topk.
  * - dual: two weights g and u, output silu(g·x) * (u·x) (the MoE gate/up projections).
  */
-export function matmulBody(o: { expert: boolean; gather: boolean; dual: boolean }): string {
-  const T = MM_TOKENS, W = MM_WG;
+export function matmulBody(o: { expert: boolean; gather: boolean; dual: boolean; tokens?: number; dot32?: boolean }): string {
+  const T = o.tokens ?? MM_TOKENS, W = MM_WG;
   const range = o.expert ? 'let base = idx[P.e];\n  let count = idx[P.e + 1u] - base;' : 'let base = 0u;\n  let count = P.n;';
   const xrow = o.gather ? 'idx[P.list + r] / P.topk' : 'r';
   const accs = o.dual ? ['a', 'b'] : ['a'];
@@ -284,13 +377,15 @@ fn main(${ENTRY}) {
     xo[t] = (${xrow}) * P.k;
   }
   ${accs.map((a) => `var ${a}: array<f32, ${T}>;`).join('\n  ')}
-  for (var c = tid; c < P.k; c += ${W}u) {
+  ${o.dot32 ? `for (var c = tid * 32u; c < P.k; c += ${W * 32}u) {
+    ${(o.dual ? ['g', 'u'] : ['w']).map((w, j) => `${accs[j]}[0] += ${w}_dot32(row, c, xo[0]);`).join('\n    ')}
+  }` : `for (var c = tid; c < P.k; c += ${W}u) {
     ${decode}
     for (var t = 0u; t < ${T}u; t++) {
       let xv = x[xo[t] + c];
       ${accs.map((a) => `${a}[t] += w${a} * xv;`).join('\n      ')}
     }
-  }
+  }`}
   for (var t = 0u; t < ${T}u; t++) {
     ${accs.map((a, j) => `red[${j * T * W}u + t * ${W}u + tid] = ${a}[t];`).join('\n    ')}
   }

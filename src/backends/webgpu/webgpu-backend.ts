@@ -512,10 +512,12 @@ export class WebGpuBackend implements Backend {
     const n = x.rows, k = x.cols, m = w.rows;
     if (w.cols !== k) throw new Error(`matmul: x has ${k} columns, ${w.name} has ${w.cols}`);
     const out = this.newTensor(n, m);
+    // One token (decode): no token tile, and whole blocks per thread where k allows.
+    const tokens = n === 1 ? 1 : MM_TOKENS, dot32 = n === 1 && k % 32 === 0;
     for (const part of w.parts) {
       const sh = new Shader().u32('n', n).u32('k', k).u32('m', part.rows).u32('ostride', m).u32('col0', part.row0)
-        .buf('x', 'f32', 'read', ref(x)).weight('w', w, part).buf('out', 'f32', 'read_write', ref(out));
-      this.run(sh, matmulBody({ expert: false, gather: false, dual: false }), grid(part.rows, Math.ceil(n / MM_TOKENS)));
+        .buf('x', 'f32', 'read', ref(x)).weight('w', w, part, dot32).buf('out', 'f32', 'read_write', ref(out));
+      this.run(sh, matmulBody({ expert: false, gather: false, dual: false, tokens, dot32 }), grid(part.rows, Math.ceil(n / tokens)));
     }
     return out;
   }
@@ -767,14 +769,18 @@ export class WebGpuBackend implements Backend {
       .buf('ids', 'u32', 'read', { buffer: r.ids }).buf('idx', 'u32', 'read_write', idxRef).buf('args', 'u32', 'read_write', { buffer: args }), MOE_INDEX, [1, 1, 1]);
 
     // Per expert, over its own rows only: h = silu(gate x) * (up x), then y = down h.
-    const gateUp = matmulBody({ expert: true, gather: true, dual: true });
-    const down = matmulBody({ expert: true, gather: false, dual: false });
+    // One token (decode): each expert has at most one row, so no token tile (the indirect
+    // counts, ceil(rows / MM_TOKENS), are then 0 or 1 as well), and whole blocks per thread.
+    const tokens = n === 1 ? 1 : MM_TOKENS;
+    const dotGU = n === 1 && d % 32 === 0, dotDown = n === 1 && inter % 32 === 0;
+    const gateUp = matmulBody({ expert: true, gather: true, dual: true, tokens, dot32: dotGU });
+    const down = matmulBody({ expert: true, gather: false, dual: false, tokens, dot32: dotDown });
     parts.forEach((p, e) => {
       let sh = new Shader().u32('e', e).u32('list', E + 1).u32('topk', K).u32('k', d).u32('m', inter).u32('ostride', inter).u32('col0', 0)
-        .buf('x', 'f32', 'read', ref(x)).weight('g', p.g, p.gp).weight('u', p.u, p.up).buf('idx', 'u32', 'read', idxRef).buf('out', 'f32', 'read_write', { buffer: h });
+        .buf('x', 'f32', 'read', ref(x)).weight('g', p.g, p.gp, dotGU).weight('u', p.u, p.up, dotGU).buf('idx', 'u32', 'read', idxRef).buf('out', 'f32', 'read_write', { buffer: h });
       this.run(sh, gateUp, { indirect: args, offset: e * 24 });
       sh = new Shader().u32('e', e).u32('k', inter).u32('m', d).u32('ostride', d).u32('col0', 0)
-        .buf('x', 'f32', 'read', { buffer: h }).weight('w', p.dn, p.dp).buf('idx', 'u32', 'read', idxRef).buf('out', 'f32', 'read_write', { buffer: y });
+        .buf('x', 'f32', 'read', { buffer: h }).weight('w', p.dn, p.dp, dotDown).buf('idx', 'u32', 'read', idxRef).buf('out', 'f32', 'read_write', { buffer: y });
       this.run(sh, down, { indirect: args, offset: e * 24 + 12 });
     });
 
