@@ -10,6 +10,8 @@
  *  2. Prefill matmul in llama.cpp's q8_0 and q4_k (the same shapes, n = 4..128): the integer
  *     path (q8 activations) against the float path (int8MinTokens: Infinity), both on N threads,
  *     and the TypeScript reference at n = 16: ms per call and GFLOP/s.
+ *     Then decode from memory: one token through a q8_0 / q4_k weight [16384, 2048] (far larger
+ *     than the caches), float against integer path, on 1 and N threads: GB/s of weights.
  *  3. End-to-end greedy decode on models/demo through the engine (scheduler included): tok/s.
  *
  *   node dist/bench/cpu-kernels.js [--threads N] [--seconds 1] [--model models/demo] [--tokens 200] [--skip-model] [--prefill-only]
@@ -155,6 +157,23 @@ async function main(o: Opts): Promise<void> {
       }
     }
   }
+
+  // Decode: one token through a weight far larger than the caches (an LM head's share), so the
+  // figure is the rate the kernel streams weights from memory, on 1 and on N threads.
+  const simd1i = await SimdCpuBackend.create({ threads: 1 }), simd1f = await SimdCpuBackend.create({ threads: 1, int8MinTokens: Infinity });
+  console.log(`\n| one token, weight [m, k] from memory | format | float path GB/s (1 · ${o.threads} threads) | integer path GB/s (1 · ${o.threads} threads) | integer / float (1 · ${o.threads}) |`);
+  console.log('| --- | --- | --- | --- | --- |');
+  for (const format of ['q8_0', 'q4_k'] as PackedFormat[]) {
+    const [m, k] = [16384, 2048];
+    const hw = blockWeight(format, m, k);
+    const [f1, fN, i1, iN] = [
+      await matmulRow(simd1f, format, m, k, 1, o.seconds, hw), await matmulRow(simdF, format, m, k, 1, o.seconds, hw),
+      await matmulRow(simd1i, format, m, k, 1, o.seconds, hw), await matmulRow(simd, format, m, k, 1, o.seconds, hw),
+    ];
+    console.log(`| [${m}, ${k}] | ${format} | ${f1.gbs.toFixed(1)} · ${fN.gbs.toFixed(1)} | ${i1.gbs.toFixed(1)} · ${iN.gbs.toFixed(1)} | ${(f1.ms / i1.ms).toFixed(2)}x · ${(fN.ms / iN.ms).toFixed(2)}x |`);
+  }
+  simd1i.dispose();
+  simd1f.dispose();
   simd.dispose();
   simdF.dispose();
 
@@ -176,7 +195,7 @@ const program = new Command('bench-cpu-kernels')
   .option('--model <dir>', 'model for the decode benchmark', 'models/demo')
   .option('--tokens <n>', 'tokens to decode', '200')
   .option('--skip-model', 'matmul only')
-  .option('--prefill-only', 'only the block-format prefill matmuls (integer against float path)')
+  .option('--prefill-only', 'only the block-format matmuls (integer against float path: prefill, and one token from memory)')
   .action(async (raw) => {
     await main({ threads: Number(raw.threads), seconds: Number(raw.seconds), model: raw.model, tokens: Number(raw.tokens), skipModel: !!raw.skipModel, prefillOnly: !!raw.prefillOnly });
   });
