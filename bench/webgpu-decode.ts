@@ -169,6 +169,11 @@ export function writeSyntheticLlama(path: string, s: DenseShape, onTensor?: (don
     );
   }
   ts.push(ones('output_norm.weight', s.hidden));
+  writeWhole(path, md, ts, onTensor);
+}
+
+/** Writes the GGUF under a temporary name and renames it, so a cached model is never half written. */
+function writeWhole(path: string, md: Parameters<typeof writeGguf>[1], ts: Parameters<typeof writeGguf>[2], onTensor: Parameters<typeof writeGguf>[3]): void {
   mkdirSync(dirname(path), { recursive: true });
   const tmp = `${path}.partial`;
   writeGguf(tmp, md, ts, onTensor);
@@ -276,10 +281,7 @@ export function writeSyntheticDeepseek2(path: string, s: MoeShape, onTensor?: (d
     if (shared) ts.push(randomQ8_0(`${p}.ffn_gate_shexp.weight`, shared, d), randomQ8_0(`${p}.ffn_up_shexp.weight`, shared, d), randomQ8_0(`${p}.ffn_down_shexp.weight`, d, shared));
   }
   ts.push(ones('output_norm.weight', d), randomQ8_0('output.weight', s.vocab, d));
-  mkdirSync(dirname(path), { recursive: true });
-  const tmp = `${path}.partial`;
-  writeGguf(tmp, md, ts, onTensor);
-  renameSync(tmp, path);
+  writeWhole(path, md, ts, onTensor);
 }
 
 // ---- the roofline -------------------------------------------------------------------------------

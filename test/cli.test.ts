@@ -5,27 +5,12 @@
  */
 import { describe, it } from 'node:test';
 import assert from 'node:assert/strict';
-import { spawnSync } from 'node:child_process';
 import { chmodSync, cpSync, mkdtempSync, readFileSync, readdirSync, truncateSync, writeFileSync, statSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { openSafetensors, writeSafetensors, type TensorToWrite } from '../src/formats/safetensors.js';
-import { fixture, listFixtures, repoRoot } from './helpers.js';
+import { assertUserError, fixture, listFixtures, repoRoot, shoal } from './helpers.js';
 
-function shoal(...args: string[]) {
-  const r = spawnSync(process.execPath, [join(repoRoot, 'bin/shoal.js'), ...args], { encoding: 'utf8', timeout: 60_000 });
-  return { code: r.status, stdout: r.stdout, stderr: r.stderr };
-}
-
-/** Asserts a clean user error: exit 1, one stderr line starting `shoal:`, mentioning `what`. */
-function assertUserError(r: ReturnType<typeof shoal>, what: RegExp) {
-  const lines = r.stderr.trim().split('\n').filter((l) => !/^loading weights/.test(l));
-  assert.equal(r.code, 1, `exit code ${r.code}, stderr: ${r.stderr}`);
-  assert.equal(lines.length, 1, `expected one error line, got:\n${r.stderr}`);
-  assert.match(lines[0], /^shoal: /);
-  assert.match(lines[0], what);
-  assert.doesNotMatch(r.stderr, /\n\s+at /, 'no stack trace');
-}
 
 /** A writable copy of a fixture folder. */
 function copyFixture(name: string): string {

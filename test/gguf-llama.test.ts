@@ -13,7 +13,6 @@
  */
 import { after, before, describe, it } from 'node:test';
 import assert from 'node:assert/strict';
-import { spawnSync } from 'node:child_process';
 import { mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
@@ -28,7 +27,7 @@ import { webgpuUnavailable } from '../src/backends/webgpu/dawn.js';
 import type { Backend } from '../src/backends/backend.js';
 import { Placement } from '../src/engine/placement.js';
 import { tokenizerFromGguf, TOKEN_TYPE } from '../src/tokenizer/gguf-tokenizer.js';
-import { repoRoot } from './helpers.js';
+import { assertUserError, shoal } from './helpers.js';
 
 // ---- a tiny byte-level BPE vocabulary ----------------------------------------------------------
 
@@ -504,20 +503,6 @@ describe('llama.cpp (node-llama-cpp) on the same files', { skip: llamaSkip }, ()
 
 // ---- the command line -----------------------------------------------------------------------------
 
-function shoal(...args: string[]) {
-  const r = spawnSync(process.execPath, [join(repoRoot, 'bin/shoal.js'), ...args], { encoding: 'utf8', timeout: 60_000 });
-  return { code: r.status, stdout: r.stdout, stderr: r.stderr };
-}
-
-/** Asserts a clean user error: exit 1, one stderr line starting `shoal:`, mentioning `what`. */
-function assertUserError(r: ReturnType<typeof shoal>, what: RegExp) {
-  const lines = r.stderr.trim().split('\n').filter((l) => !/^loading weights/.test(l));
-  assert.equal(r.code, 1, `exit code ${r.code}, stderr: ${r.stderr}`);
-  assert.equal(lines.length, 1, `expected one error line, got:\n${r.stderr}`);
-  assert.match(lines[0], /^shoal: /);
-  assert.match(lines[0], what);
-  assert.doesNotMatch(r.stderr, /\n\s+at /, 'no stack trace');
-}
 
 describe('shoal CLI on llama/qwen2 GGUF files', () => {
   it('inspect describes a dense GQA model; run generates', () => {

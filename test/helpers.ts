@@ -3,6 +3,7 @@
  * Works both from the compiled dist/test/*.js and from test/*.ts run directly.
  */
 import assert from 'node:assert/strict';
+import { spawnSync } from 'node:child_process';
 import { existsSync, readdirSync } from 'node:fs';
 import { dirname, join, resolve } from 'node:path';
 import { fileURLToPath } from 'node:url';
@@ -56,4 +57,20 @@ export function assertGoldenPass(report: { comparisons: { name: string; rows: nu
     assert.equal(c.argmaxAgree, c.rows, `${c.name}: argmax agreement ${c.argmaxAgree}/${c.rows}`);
   }
   assert.ok(report.pass);
+}
+
+/** Runs the shoal CLI (bin/shoal.js) in a child process. */
+export function shoal(...args: string[]): { code: number | null; stdout: string; stderr: string } {
+  const r = spawnSync(process.execPath, [join(repoRoot, 'bin/shoal.js'), ...args], { encoding: 'utf8', timeout: 60_000 });
+  return { code: r.status, stdout: r.stdout, stderr: r.stderr };
+}
+
+/** Asserts a clean user error: exit 1, one stderr line starting `shoal:`, mentioning `what`. */
+export function assertUserError(r: ReturnType<typeof shoal>, what: RegExp): void {
+  const lines = r.stderr.trim().split('\n').filter((l) => !/^loading weights/.test(l));
+  assert.equal(r.code, 1, `exit code ${r.code}, stderr: ${r.stderr}`);
+  assert.equal(lines.length, 1, `expected one error line, got:\n${r.stderr}`);
+  assert.match(lines[0], /^shoal: /);
+  assert.match(lines[0], what);
+  assert.doesNotMatch(r.stderr, /\n\s+at /, 'no stack trace');
 }

@@ -102,6 +102,14 @@ export function sameShape(a: readonly number[], b: readonly number[]): boolean {
   return a.length === b.length && a.every((v, i) => v === b[i]);
 }
 
+/** The weight format of GGUF tensor `gname`; a UserError naming it for a type shoal does not compute on. */
+export function ggufWeightFormat(file: GgufFile, gname: string): WeightSpec['format'] {
+  const t = file.info(gname);
+  const f = FORMAT_OF_GGML[t.type];
+  if (!f) throw new UserError(`tensor "${gname}": type ${t.typeName} is not one shoal computes on (supported: F32, F16, BF16, Q8_0, Q4_0, Q4_K, Q6_K)`, file.path);
+  return f;
+}
+
 /** A deepseek2 GGUF's tensors under Hugging Face names. */
 export class GgufWeights implements WeightSource {
   constructor(readonly file: GgufFile, private readonly cfg: { numAttentionHeads: number; qkNopeHeadDim: number; vHeadDim: number; kvLoraRank: number; nRoutedExperts: number }) {}
@@ -118,10 +126,7 @@ export class GgufWeights implements WeightSource {
   }
 
   private format(gname: string): WeightSpec['format'] {
-    const t = this.file.info(gname);
-    const f = FORMAT_OF_GGML[t.type];
-    if (!f) this.fail(`type ${t.typeName} is not one shoal computes on (supported: F32, F16, BF16, Q8_0, Q4_0, Q4_K, Q6_K)`, gname);
-    return f;
+    return ggufWeightFormat(this.file, gname);
   }
 
   private expectShape(gname: string, want: number[], hfName: string): void {

@@ -17,7 +17,7 @@ import { UserError } from '../errors.js';
 import type { HostWeight, WeightSpec } from '../backends/backend.js';
 import { GgufType, type GgufFile } from '../formats/gguf.js';
 import { dequantRow } from '../backends/cpu/dequant.js';
-import { FORMAT_OF_GGML, sameShape } from './gguf-deepseek.js';
+import { FORMAT_OF_GGML, ggufWeightFormat, sameShape } from './gguf-deepseek.js';
 import type { LlamaConfig, LlamaSource } from './llama.js';
 import { hostWeight, type WeightSource } from './weights.js';
 
@@ -84,10 +84,7 @@ export class LlamaGgufWeights implements WeightSource {
   }
 
   private format(gname: string): WeightSpec['format'] {
-    const t = this.file.info(gname);
-    const f = FORMAT_OF_GGML[t.type];
-    if (!f) this.fail(`type ${t.typeName} is not one shoal computes on (supported: F32, F16, BF16, Q8_0, Q4_0, Q4_K, Q6_K)`, gname);
-    return f;
+    return ggufWeightFormat(this.file, gname);
   }
 
   check(name: string, shape: number[]): void {
