@@ -1219,6 +1219,44 @@ export function quantize_q8(x: usize, xs: i32, n: i32, k: i32, bl: i32, codes: u
   return hsum(acc);
 }
 
+/**
+ * q4_k row wr · token i on the decode copy of the activation codes at xc (as for idot1q8: each
+ * 16 values 8 even, then 8 odd times 256) and the code sums at sums. The 16 code bytes of a
+ * sub-block half, read as int16 lanes, give 256 × the even nibble and 1 × the odd one with two
+ * shifts and masks each (no widening shuffles, no int16 scale multiplies); each sub-block's sum
+ * times its 6-bit scale is accumulated in int32 (per lane <= 8 · 8 · 256 · 15 · 128 · 63 < 2^31),
+ * shifted right by 8 (exact) before the lanes are added.
+ */
+// @ts-ignore: decorator
+@inline function idot1q4k(xc: usize, sc: usize, sums: usize, np: i32, i: i32, wr: usize, k: i32): f32 {
+  const nb = k >> 8;
+  const xr = xc + <usize>i * (<usize>k << 1);
+  const c0f = i16x8.splat(0x000f), cf00 = i16x8.splat(0x0f00);
+  let acc = f32x4.splat(0);
+  let mins: f32 = 0;
+  for (let b = 0; b < nb; b++) {
+    const blk = wr + <usize>b * 144;
+    const o0 = xr + (<usize>b << 9);
+    let ai = i32x4.splat(0);
+    for (let p = 0; p < 4; p++) {
+      const q = blk + 16 + (<usize>p << 5), o = o0 + (<usize>p << 7);
+      const b0 = v128.load(q), b1 = v128.load(q, 16);
+      const lo = i32x4.add(
+        i32x4.add(i32x4.dot_i16x8_s(i16x8.shl(v128.and(b0, c0f), 8), v128.load(o)), i32x4.dot_i16x8_s(v128.and(i16x8.shr_u(b0, 8), c0f), v128.load(o, 16))),
+        i32x4.add(i32x4.dot_i16x8_s(i16x8.shl(v128.and(b1, c0f), 8), v128.load(o, 32)), i32x4.dot_i16x8_s(v128.and(i16x8.shr_u(b1, 8), c0f), v128.load(o, 48))));
+      const hi = i32x4.add(
+        i32x4.add(i32x4.dot_i16x8_s(v128.and(i16x8.shl(b0, 4), cf00), v128.load(o, 64)), i32x4.dot_i16x8_s(i16x8.shr_u(b0, 12), v128.load(o, 80))),
+        i32x4.add(i32x4.dot_i16x8_s(v128.and(i16x8.shl(b1, 4), cf00), v128.load(o, 96)), i32x4.dot_i16x8_s(i16x8.shr_u(b1, 12), v128.load(o, 112))));
+      ai = i32x4.add(ai, i32x4.add(i32x4.mul(lo, i32x4.splat(isub0<Q4_K>(blk, 2 * p))), i32x4.mul(hi, i32x4.splat(isub0<Q4_K>(blk, 2 * p + 1)))));
+    }
+    const xd = load<f32>(fptr(sc, b * np + i));
+    acc = f32x4.add(acc, f32x4.mul(f32x4.convert_i32x4_s(i32x4.shr_s(ai, 8)), f32x4.splat(half(<u32>load<u16>(blk)) * xd)));
+    const sp = sums + <usize>i * (<usize>(k >> 5) << 1) + (<usize>b << 4);
+    mins += <f32>isum(i32x4.dot_i16x8_s(imins(blk), v128.load(sp))) * half(<u32>load<u16>(blk + 2)) * xd;
+  }
+  return hsum(acc) - mins;
+}
+
 /** Row wr · token i (single tokens, and rows left over when a share does not end on a multiple of four). */
 // @ts-ignore: decorator
 @inline function idot1<F>(xc: usize, sc: usize, sums: usize, np: i32, i: i32, wr: usize, k: i32): f32 {
@@ -1273,6 +1311,7 @@ export function quantize_q8(x: usize, xs: i32, n: i32, k: i32, bl: i32, codes: u
       }
       for (let i = t1; i < p1; i++) {
         if (rn == 4 && t1 > p0) idot4r<F>(xc, sc, sums, np, i, wr, rowBytes, k, orow + <usize>i * osb);
+        else if (isQ4_K<F>() && n < 4) for (let j = 0; j < rn; j++) store<f32>(orow + <usize>i * osb + (<usize>j << 2), idot1q4k(xc + (<usize>n * <usize>k << 1), sc, sums, np, i, wr + <usize>j * rowBytes, k));
         else if (isQ8_0<F>() && n < 4) for (let j = 0; j < rn; j++) store<f32>(orow + <usize>i * osb + (<usize>j << 2), idot1q8(xc + (<usize>n * <usize>k << 1), sc, np, i, wr + <usize>j * rowBytes, k));
         else for (let j = 0; j < rn; j++) store<f32>(orow + <usize>i * osb + (<usize>j << 2), idot1<F>(xc, sc, sums, np, i, wr + <usize>j * rowBytes, k));
       }
