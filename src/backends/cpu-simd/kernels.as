@@ -1237,6 +1237,9 @@ export function quantize_q8(x: usize, xs: i32, n: i32, k: i32, bl: i32, codes: u
   for (let b = 0; b < nb; b++) {
     const blk = wr + <usize>b * 144;
     const o0 = xr + (<usize>b << 9);
+    // The eight 6-bit scales and mins as bytes (ggml's utmp unpacking).
+    const u0 = load<u32>(blk, 4), u1 = load<u32>(blk, 8), u2 = load<u32>(blk, 12);
+    const sw = <u64>(u0 & 0x3f3f3f3f) | (<u64>((u2 & 0x0f0f0f0f) | (((u0 >> 6) & 0x03030303) << 4)) << 32);
     let ai = i32x4.splat(0);
     for (let p = 0; p < 4; p++) {
       const q = blk + 16 + (<usize>p << 5), o = o0 + (<usize>p << 7);
@@ -1247,12 +1250,14 @@ export function quantize_q8(x: usize, xs: i32, n: i32, k: i32, bl: i32, codes: u
       const hi = i32x4.add(
         i32x4.add(i32x4.dot_i16x8_s(v128.and(i16x8.shl(b0, 4), cf00), v128.load(o, 64)), i32x4.dot_i16x8_s(i16x8.shr_u(b0, 12), v128.load(o, 80))),
         i32x4.add(i32x4.dot_i16x8_s(v128.and(i16x8.shl(b1, 4), cf00), v128.load(o, 96)), i32x4.dot_i16x8_s(i16x8.shr_u(b1, 12), v128.load(o, 112))));
-      ai = i32x4.add(ai, i32x4.add(i32x4.mul(lo, i32x4.splat(isub0<Q4_K>(blk, 2 * p))), i32x4.mul(hi, i32x4.splat(isub0<Q4_K>(blk, 2 * p + 1)))));
+      const sp2 = sw >> (<u64>p << 4);
+      ai = i32x4.add(ai, i32x4.add(i32x4.mul(lo, i32x4.splat(<i32>sp2 & 0xff)), i32x4.mul(hi, i32x4.splat(<i32>(sp2 >> 8) & 0xff))));
     }
     const xd = load<f32>(fptr(sc, b * np + i));
     acc = f32x4.add(acc, f32x4.mul(f32x4.convert_i32x4_s(i32x4.shr_s(ai, 8)), f32x4.splat(half(<u32>load<u16>(blk)) * xd)));
     const sp = sums + <usize>i * (<usize>(k >> 5) << 1) + (<usize>b << 4);
-    mins += <f32>isum(i32x4.dot_i16x8_s(imins(blk), v128.load(sp))) * half(<u32>load<u16>(blk + 2)) * xd;
+    const m = i16x8.extend_low_i8x16_u(i32x4.replace_lane(i32x4.splat(u1 & 0x3f3f3f3f), 1, ((u2 >> 4) & 0x0f0f0f0f) | (((u1 >> 6) & 0x03030303) << 4)));
+    mins += <f32>isum(i32x4.dot_i16x8_s(m, v128.load(sp))) * half(<u32>load<u16>(blk + 2)) * xd;
   }
   return hsum(acc) - mins;
 }
