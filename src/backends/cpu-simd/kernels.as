@@ -1262,6 +1262,49 @@ export function quantize_q8(x: usize, xs: i32, n: i32, k: i32, bl: i32, codes: u
   return hsum(acc) - mins;
 }
 
+/**
+ * q6_k: values of sub-block quarter qq (16 code bytes lo: ql, hi: qh) as 256 × (even - 32) and
+ * odd - 32 int16 lanes, dotted with the decode activation codes at x, >> 8 (exact): i32x4.
+ */
+// @ts-ignore: decorator
+@inline function q6dot(lo: v128, hi: v128, qq: i32, x: usize): v128 {
+  const cf00 = i16x8.splat(0x0f00), c0f = i16x8.splat(0x000f);
+  const l4e = qq < 2 ? v128.and(i16x8.shl(lo, 8), cf00) : v128.and(i16x8.shl(lo, 4), cf00);
+  const l4o = qq < 2 ? v128.and(i16x8.shr_u(lo, 8), c0f) : i16x8.shr_u(lo, 12);
+  const e = i16x8.sub(v128.or(l4e, v128.and(i16x8.shl(hi, 12 - 2 * qq), i16x8.splat(0x3000))), i16x8.splat(0x2000));
+  const o = i16x8.sub(v128.or(l4o, v128.and(i16x8.shr_u(hi, 4 + 2 * qq), i16x8.splat(0x30))), i16x8.splat(0x20));
+  return i32x4.shr_s(i32x4.add(i32x4.dot_i16x8_s(e, v128.load(x)), i32x4.dot_i16x8_s(o, v128.load(x, 16))), 8);
+}
+
+/**
+ * q6_k row wr · token i on the decode copy of the activation codes at xc (as for idot1q8). Each
+ * 16 values' sum is scaled by its int8 scale in int32 (per lane <= 16 · 4 · 32 · 128 · 128 < 2^31).
+ */
+// @ts-ignore: decorator
+@inline function idot1q6k(xc: usize, sc: usize, np: i32, i: i32, wr: usize, k: i32): f32 {
+  const nb = k >> 8;
+  const xr = xc + <usize>i * (<usize>k << 1);
+  let acc = f32x4.splat(0);
+  for (let b = 0; b < nb; b++) {
+    const blk = wr + <usize>b * 210, o0 = xr + (<usize>b << 9);
+    let ai = i32x4.splat(0);
+    for (let h = 0; h < 2; h++) {
+      for (let hv = 0; hv < 2; hv++) {
+        const ql = blk + (<usize>h << 6) + (<usize>hv << 4);
+        const lo0 = v128.load(ql), lo1 = v128.load(ql, 32), hi = v128.load(blk + 128 + (<usize>h << 5) + (<usize>hv << 4));
+        const sc8 = blk + 192 + (<usize>h << 3) + <usize>hv; // scale of (sub-block h·4 + qq, half hv) at sc8 + 2·qq
+        const xo = o0 + (<usize>h << 8) + (<usize>hv << 5); // sub-block h·4 + qq at xo + 64·qq
+        ai = i32x4.add(ai, i32x4.mul(q6dot(lo0, hi, 0, xo), i32x4.splat(<i32>load<i8>(sc8))));
+        ai = i32x4.add(ai, i32x4.mul(q6dot(lo1, hi, 1, xo + 64), i32x4.splat(<i32>load<i8>(sc8, 2))));
+        ai = i32x4.add(ai, i32x4.mul(q6dot(lo0, hi, 2, xo + 128), i32x4.splat(<i32>load<i8>(sc8, 4))));
+        ai = i32x4.add(ai, i32x4.mul(q6dot(lo1, hi, 3, xo + 192), i32x4.splat(<i32>load<i8>(sc8, 6))));
+      }
+    }
+    acc = f32x4.add(acc, f32x4.mul(f32x4.convert_i32x4_s(ai), f32x4.splat(half(<u32>load<u16>(blk + 208)) * load<f32>(fptr(sc, b * np + i)))));
+  }
+  return hsum(acc);
+}
+
 /** Row wr · token i (single tokens, and rows left over when a share does not end on a multiple of four). */
 // @ts-ignore: decorator
 @inline function idot1<F>(xc: usize, sc: usize, sums: usize, np: i32, i: i32, wr: usize, k: i32): f32 {
@@ -1317,6 +1360,7 @@ export function quantize_q8(x: usize, xs: i32, n: i32, k: i32, bl: i32, codes: u
       for (let i = t1; i < p1; i++) {
         if (rn == 4 && t1 > p0) idot4r<F>(xc, sc, sums, np, i, wr, rowBytes, k, orow + <usize>i * osb);
         else if (isQ4_K<F>() && n < 4) for (let j = 0; j < rn; j++) store<f32>(orow + <usize>i * osb + (<usize>j << 2), idot1q4k(xc + (<usize>n * <usize>k << 1), sc, sums, np, i, wr + <usize>j * rowBytes, k));
+        else if (isFloat<F>() /* q6_k */ && n < 4) for (let j = 0; j < rn; j++) store<f32>(orow + <usize>i * osb + (<usize>j << 2), idot1q6k(xc + (<usize>n * <usize>k << 1), sc, np, i, wr + <usize>j * rowBytes, k));
         else if (isQ8_0<F>() && n < 4) for (let j = 0; j < rn; j++) store<f32>(orow + <usize>i * osb + (<usize>j << 2), idot1q8(xc + (<usize>n * <usize>k << 1), sc, np, i, wr + <usize>j * rowBytes, k));
         else for (let j = 0; j < rn; j++) store<f32>(orow + <usize>i * osb + (<usize>j << 2), idot1<F>(xc, sc, sums, np, i, wr + <usize>j * rowBytes, k));
       }
