@@ -866,7 +866,9 @@ export function mla_q6_k(q: usize, n: i32, H: i32, nope: i32, rope: i32, vDim: i
  * Activation rows [0, n) of x (stride xs floats, k values) as q8 blocks of `bl` values: code
  * round(x / d) with d = max |x| / 127 per block, stored as int16 in codes [n, k]; scales d at
  * scales[b · np + i] (block-major, np = n rounded up to 4, so four tokens' scales are one load);
- * when sums != 0, the code sums of every 32 values as int16 at sums[i, c / 32].
+ * when sums != 0, the code sums of every 32 values as int16 at sums[i, c / 32]. For n < 4
+ * (decode) the codes again follow ([n, k] int16 at codes + 2·n·k) for idot1q8: each 16 values
+ * as the 8 even-indexed codes, then the 8 odd-indexed ones times 256 (|256 · code| <= 2^15).
  * This part quantizes its share of the rows.
  */
 export function quantize_q8(x: usize, xs: i32, n: i32, k: i32, bl: i32, codes: usize, scales: usize, sums: usize, part: i32, parts: i32): void {
@@ -875,6 +877,7 @@ export function quantize_q8(x: usize, xs: i32, n: i32, k: i32, bl: i32, codes: u
   const absMask = i32x4.splat(0x7fffffff);
   for (let i = lo; i < hi; i++) {
     const xr = x + (<usize>i * <usize>xs << 2), cr = codes + (<usize>i * <usize>k << 1);
+    const cd = cr + (<usize>n * <usize>k << 1);
     for (let b = 0; b < nb; b++) {
       const c0 = b * bl;
       let m = f32x4.splat(0);
@@ -888,6 +891,11 @@ export function quantize_q8(x: usize, xs: i32, n: i32, k: i32, bl: i32, codes: u
         const q1 = i32x4.trunc_sat_f32x4_s(f32x4.nearest(f32x4.mul(v128.load(fptr(xr, c + 4)), id)));
         const q = i16x8.narrow_i32x4_s(q0, q1);
         v128.store(cr + (<usize>c << 1), q);
+        if (n < 4 && (c & 8)) {
+          const qa = v128.load(cr + (<usize>(c - 8) << 1)), dp = cd + (<usize>(c - 8) << 1);
+          v128.store(dp, v128.shuffle<i16>(qa, q, 0, 2, 4, 6, 8, 10, 12, 14));
+          v128.store(dp, i16x8.shl(v128.shuffle<i16>(qa, q, 1, 3, 5, 7, 9, 11, 13, 15), 8), 16);
+        }
         if (sums != 0) {
           // Pairwise sums, then the four lanes, accumulated per 32 values.
           const sp = sums + ((<usize>i * <usize>(k >> 5) + <usize>(c >> 5)) << 1);
@@ -1151,6 +1159,152 @@ export function quantize_q8(x: usize, xs: i32, n: i32, k: i32, bl: i32, codes: u
   v128.store(out, acc);
 }
 
+/**
+ * Four IEEE halves (u16 in the low half of each i32 lane of h) as f32x4, exactly as half():
+ * the exponent and mantissa moved to f32 positions and rebased by 2^112 (exact, subnormals
+ * included), infinities and NaNs (exponent 31) set to f32 exponent 255, then the sign.
+ */
+// @ts-ignore: decorator
+@inline function half4(h: v128): v128 {
+  const e = i32x4.shl(v128.and(h, i32x4.splat(0x7fff)), 13);
+  const f = f32x4.mul(e, f32x4.splat(reinterpret<f32>(0x77800000)));
+  const big = i32x4.gt_s(e, i32x4.splat(0x0f7fffff));
+  return v128.or(v128.bitselect(v128.or(e, i32x4.splat(0x7f800000)), f, big), i32x4.shl(v128.and(h, i32x4.splat(0x8000)), 16));
+}
+
+/**
+ * 256 × (one q8_0 block's 32 int8 weight codes at w · the activation codes at x, reordered as
+ * quantize_q8 writes them for decode) as i32x4 partial sums: 16 weight bytes read as eight
+ * int16 lanes, a shift left by 8 is 256 × the even codes and an arithmetic shift right by 8 the
+ * odd ones, paired with the even codes and 256 × the odd ones (four ALU operations per 32
+ * weights instead of six widening shuffles). Per lane |sum| <= 8 · 32768 · 127 < 2^31 / 64.
+ */
+// @ts-ignore: decorator
+@inline function bdot(w: usize, x: usize): v128 {
+  const w0 = v128.load(w), w1 = v128.load(w, 16);
+  return i32x4.add(
+    i32x4.add(i32x4.dot_i16x8_s(i16x8.shl(w0, 8), v128.load(x)), i32x4.dot_i16x8_s(i16x8.shr_s(w0, 8), v128.load(x, 16))),
+    i32x4.add(i32x4.dot_i16x8_s(i16x8.shl(w1, 8), v128.load(x, 32)), i32x4.dot_i16x8_s(i16x8.shr_s(w1, 8), v128.load(x, 48))));
+}
+
+/**
+ * q8_0 row wr · token i (activation codes at xc reordered as bdot wants them): two blocks at a
+ * time (as many loads as registers: V8 issues a loop body's loads first), their integer sums
+ * folded into one vector (lanes 0, 2: the first block; 1, 3: the second), their f16 scales
+ * converted together (half4) and applied in one f32x4 multiply-add.
+ */
+// @ts-ignore: decorator
+@inline function idot1q8(xc: usize, sc: usize, np: i32, i: i32, wr: usize, k: i32): f32 {
+  const nb = k >> 5;
+  const xr = xc + <usize>i * (<usize>k << 1);
+  const ss = <usize>np << 2;
+  let acc = f32x4.splat(0);
+  let b = 0;
+  for (; b + 2 <= nb; b += 2) {
+    const blk = wr + <usize>b * 34, o = xr + (<usize>b << 6);
+    const a0 = bdot(blk + 2, o), a1 = bdot(blk + 36, o + 64);
+    const s = i32x4.shr_s(i32x4.add(v128.shuffle<i32>(a0, a1, 0, 4, 1, 5), v128.shuffle<i32>(a0, a1, 2, 6, 3, 7)), 8);
+    let h = v128.load16_lane(blk, i32x4.splat(0), 0);
+    h = v128.load16_lane(blk, h, 2, 34);
+    const sp = fptr(sc, b * np + i);
+    const xd = v128.load32_lane(sp + ss, v128.load32_zero(sp), 1);
+    const d = v128.shuffle<i32>(f32x4.mul(half4(h), xd), xd, 0, 1, 0, 1);
+    acc = f32x4.add(acc, f32x4.mul(f32x4.convert_i32x4_s(s), d));
+  }
+  for (; b < nb; b++) {
+    const blk = wr + <usize>b * 34;
+    const a = bdot(blk + 2, xr + (<usize>b << 6));
+    acc = f32x4.add(acc, f32x4.mul(f32x4.convert_i32x4_s(i32x4.shr_s(a, 8)), f32x4.splat(half(<u32>load<u16>(blk)) * load<f32>(fptr(sc, b * np + i)))));
+  }
+  return hsum(acc);
+}
+
+/**
+ * q4_k row wr · token i on the decode copy of the activation codes at xc (as for idot1q8: each
+ * 16 values 8 even, then 8 odd times 256) and the code sums at sums. The 16 code bytes of a
+ * sub-block half, read as int16 lanes, give 256 × the even nibble and 1 × the odd one with two
+ * shifts and masks each (no widening shuffles, no int16 scale multiplies); each sub-block's sum
+ * times its 6-bit scale is accumulated in int32 (per lane <= 8 · 8 · 256 · 15 · 128 · 63 < 2^31),
+ * shifted right by 8 (exact) before the lanes are added.
+ */
+// @ts-ignore: decorator
+@inline function idot1q4k(xc: usize, sc: usize, sums: usize, np: i32, i: i32, wr: usize, k: i32): f32 {
+  const nb = k >> 8;
+  const xr = xc + <usize>i * (<usize>k << 1);
+  const c0f = i16x8.splat(0x000f), cf00 = i16x8.splat(0x0f00);
+  let acc = f32x4.splat(0);
+  let mins: f32 = 0;
+  for (let b = 0; b < nb; b++) {
+    const blk = wr + <usize>b * 144;
+    const o0 = xr + (<usize>b << 9);
+    // The eight 6-bit scales and mins as bytes (ggml's utmp unpacking).
+    const u0 = load<u32>(blk, 4), u1 = load<u32>(blk, 8), u2 = load<u32>(blk, 12);
+    const sw = <u64>(u0 & 0x3f3f3f3f) | (<u64>((u2 & 0x0f0f0f0f) | (((u0 >> 6) & 0x03030303) << 4)) << 32);
+    let ai = i32x4.splat(0);
+    for (let p = 0; p < 4; p++) {
+      const q = blk + 16 + (<usize>p << 5), o = o0 + (<usize>p << 7);
+      const b0 = v128.load(q), b1 = v128.load(q, 16);
+      const lo = i32x4.add(
+        i32x4.add(i32x4.dot_i16x8_s(i16x8.shl(v128.and(b0, c0f), 8), v128.load(o)), i32x4.dot_i16x8_s(v128.and(i16x8.shr_u(b0, 8), c0f), v128.load(o, 16))),
+        i32x4.add(i32x4.dot_i16x8_s(i16x8.shl(v128.and(b1, c0f), 8), v128.load(o, 32)), i32x4.dot_i16x8_s(v128.and(i16x8.shr_u(b1, 8), c0f), v128.load(o, 48))));
+      const hi = i32x4.add(
+        i32x4.add(i32x4.dot_i16x8_s(v128.and(i16x8.shl(b0, 4), cf00), v128.load(o, 64)), i32x4.dot_i16x8_s(i16x8.shr_u(b0, 12), v128.load(o, 80))),
+        i32x4.add(i32x4.dot_i16x8_s(v128.and(i16x8.shl(b1, 4), cf00), v128.load(o, 96)), i32x4.dot_i16x8_s(i16x8.shr_u(b1, 12), v128.load(o, 112))));
+      const sp2 = sw >> (<u64>p << 4);
+      ai = i32x4.add(ai, i32x4.add(i32x4.mul(lo, i32x4.splat(<i32>sp2 & 0xff)), i32x4.mul(hi, i32x4.splat(<i32>(sp2 >> 8) & 0xff))));
+    }
+    const xd = load<f32>(fptr(sc, b * np + i));
+    acc = f32x4.add(acc, f32x4.mul(f32x4.convert_i32x4_s(i32x4.shr_s(ai, 8)), f32x4.splat(half(<u32>load<u16>(blk)) * xd)));
+    const sp = sums + <usize>i * (<usize>(k >> 5) << 1) + (<usize>b << 4);
+    const m = i16x8.extend_low_i8x16_u(i32x4.replace_lane(i32x4.splat(u1 & 0x3f3f3f3f), 1, ((u2 >> 4) & 0x0f0f0f0f) | (((u1 >> 6) & 0x03030303) << 4)));
+    mins += <f32>isum(i32x4.dot_i16x8_s(m, v128.load(sp))) * half(<u32>load<u16>(blk + 2)) * xd;
+  }
+  return hsum(acc) - mins;
+}
+
+/**
+ * q6_k: values of sub-block quarter qq (16 code bytes lo: ql, hi: qh) as 256 × (even - 32) and
+ * odd - 32 int16 lanes, dotted with the decode activation codes at x, >> 8 (exact): i32x4.
+ */
+// @ts-ignore: decorator
+@inline function q6dot(lo: v128, hi: v128, qq: i32, x: usize): v128 {
+  const cf00 = i16x8.splat(0x0f00), c0f = i16x8.splat(0x000f);
+  const l4e = qq < 2 ? v128.and(i16x8.shl(lo, 8), cf00) : v128.and(i16x8.shl(lo, 4), cf00);
+  const l4o = qq < 2 ? v128.and(i16x8.shr_u(lo, 8), c0f) : i16x8.shr_u(lo, 12);
+  const e = i16x8.sub(v128.or(l4e, v128.and(i16x8.shl(hi, 12 - 2 * qq), i16x8.splat(0x3000))), i16x8.splat(0x2000));
+  const o = i16x8.sub(v128.or(l4o, v128.and(i16x8.shr_u(hi, 4 + 2 * qq), i16x8.splat(0x30))), i16x8.splat(0x20));
+  return i32x4.shr_s(i32x4.add(i32x4.dot_i16x8_s(e, v128.load(x)), i32x4.dot_i16x8_s(o, v128.load(x, 16))), 8);
+}
+
+/**
+ * q6_k row wr · token i on the decode copy of the activation codes at xc (as for idot1q8). Each
+ * 16 values' sum is scaled by its int8 scale in int32 (per lane <= 16 · 4 · 32 · 128 · 128 < 2^31).
+ */
+// @ts-ignore: decorator
+@inline function idot1q6k(xc: usize, sc: usize, np: i32, i: i32, wr: usize, k: i32): f32 {
+  const nb = k >> 8;
+  const xr = xc + <usize>i * (<usize>k << 1);
+  let acc = f32x4.splat(0);
+  for (let b = 0; b < nb; b++) {
+    const blk = wr + <usize>b * 210, o0 = xr + (<usize>b << 9);
+    let ai = i32x4.splat(0);
+    for (let h = 0; h < 2; h++) {
+      for (let hv = 0; hv < 2; hv++) {
+        const ql = blk + (<usize>h << 6) + (<usize>hv << 4);
+        const lo0 = v128.load(ql), lo1 = v128.load(ql, 32), hi = v128.load(blk + 128 + (<usize>h << 5) + (<usize>hv << 4));
+        const sc8 = blk + 192 + (<usize>h << 3) + <usize>hv; // scale of (sub-block h·4 + qq, half hv) at sc8 + 2·qq
+        const xo = o0 + (<usize>h << 8) + (<usize>hv << 5); // sub-block h·4 + qq at xo + 64·qq
+        ai = i32x4.add(ai, i32x4.mul(q6dot(lo0, hi, 0, xo), i32x4.splat(<i32>load<i8>(sc8))));
+        ai = i32x4.add(ai, i32x4.mul(q6dot(lo1, hi, 1, xo + 64), i32x4.splat(<i32>load<i8>(sc8, 2))));
+        ai = i32x4.add(ai, i32x4.mul(q6dot(lo0, hi, 2, xo + 128), i32x4.splat(<i32>load<i8>(sc8, 4))));
+        ai = i32x4.add(ai, i32x4.mul(q6dot(lo1, hi, 3, xo + 192), i32x4.splat(<i32>load<i8>(sc8, 6))));
+      }
+    }
+    acc = f32x4.add(acc, f32x4.mul(f32x4.convert_i32x4_s(ai), f32x4.splat(half(<u32>load<u16>(blk + 208)) * load<f32>(fptr(sc, b * np + i)))));
+  }
+  return hsum(acc);
+}
+
 /** Row wr · token i (single tokens, and rows left over when a share does not end on a multiple of four). */
 // @ts-ignore: decorator
 @inline function idot1<F>(xc: usize, sc: usize, sums: usize, np: i32, i: i32, wr: usize, k: i32): f32 {
@@ -1205,6 +1359,9 @@ export function quantize_q8(x: usize, xs: i32, n: i32, k: i32, bl: i32, codes: u
       }
       for (let i = t1; i < p1; i++) {
         if (rn == 4 && t1 > p0) idot4r<F>(xc, sc, sums, np, i, wr, rowBytes, k, orow + <usize>i * osb);
+        else if (isQ4_K<F>() && n < 4) for (let j = 0; j < rn; j++) store<f32>(orow + <usize>i * osb + (<usize>j << 2), idot1q4k(xc + (<usize>n * <usize>k << 1), sc, sums, np, i, wr + <usize>j * rowBytes, k));
+        else if (isFloat<F>() /* q6_k */ && n < 4) for (let j = 0; j < rn; j++) store<f32>(orow + <usize>i * osb + (<usize>j << 2), idot1q6k(xc + (<usize>n * <usize>k << 1), sc, np, i, wr + <usize>j * rowBytes, k));
+        else if (isQ8_0<F>() && n < 4) for (let j = 0; j < rn; j++) store<f32>(orow + <usize>i * osb + (<usize>j << 2), idot1q8(xc + (<usize>n * <usize>k << 1), sc, np, i, wr + <usize>j * rowBytes, k));
         else for (let j = 0; j < rn; j++) store<f32>(orow + <usize>i * osb + (<usize>j << 2), idot1<F>(xc, sc, sums, np, i, wr + <usize>j * rowBytes, k));
       }
     }
