@@ -88,6 +88,20 @@ export function syntheticVocab(vocab: number): { tokens: string[]; types: number
   return { tokens, types, merges: MERGES };
 }
 
+/** The GGUF tokenizer metadata of syntheticVocab(vocab) (llama.cpp's Llama 3 pre-tokenizer; BOS and EOS among the specials). */
+function syntheticTokenizer(vocab: number): GgufMetadata {
+  const { tokens, types, merges } = syntheticVocab(vocab);
+  return [
+    ['tokenizer.ggml.model', kv.str('gpt2')],
+    ['tokenizer.ggml.pre', kv.str('llama-bpe')],
+    ['tokenizer.ggml.tokens', kv.strs(tokens)],
+    ['tokenizer.ggml.token_type', kv.i32s(types)],
+    ['tokenizer.ggml.merges', kv.strs(merges)],
+    ['tokenizer.ggml.bos_token_id', kv.u32(vocab - 3)],
+    ['tokenizer.ggml.eos_token_id', kv.u32(vocab - 2)],
+  ];
+}
+
 /**
  * Random q8_0 rows: uniform int8 codes and one f16 scale per 32 values, so that a row times a
  * unit-variance vector is about unit variance (scale 1.7 / sqrt(cols) / 128).
@@ -129,7 +143,6 @@ export function writeSyntheticLlama(path: string, s: DenseShape, onTensor?: (don
     if (v % 32) throw new Error(`${k} (${v}) must be a multiple of 32 (q8_0 blocks)`);
   }
   const a = 'llama';
-  const { tokens, types, merges } = syntheticVocab(s.vocab);
   const md: GgufMetadata = [
     ['general.architecture', kv.str(a)],
     ['general.name', kv.str(`synthetic llama ${s.layers}x${s.hidden}`)],
@@ -144,13 +157,7 @@ export function writeSyntheticLlama(path: string, s: DenseShape, onTensor?: (don
     [`${a}.attention.layer_norm_rms_epsilon`, kv.f32(1e-5)],
     [`${a}.rope.freq_base`, kv.f32(500000)],
     [`${a}.rope.dimension_count`, kv.u32(s.headDim)],
-    ['tokenizer.ggml.model', kv.str('gpt2')],
-    ['tokenizer.ggml.pre', kv.str('llama-bpe')],
-    ['tokenizer.ggml.tokens', kv.strs(tokens)],
-    ['tokenizer.ggml.token_type', kv.i32s(types)],
-    ['tokenizer.ggml.merges', kv.strs(merges)],
-    ['tokenizer.ggml.bos_token_id', kv.u32(s.vocab - 3)],
-    ['tokenizer.ggml.eos_token_id', kv.u32(s.vocab - 2)],
+    ...syntheticTokenizer(s.vocab),
   ];
   const q = s.heads * s.headDim, k = s.kvHeads * s.headDim;
   const ts: GgufTensorToWrite[] = [randomQ8_0('token_embd.weight', s.vocab, s.hidden)];
@@ -238,16 +245,9 @@ export function writeSyntheticDeepseek2(path: string, s: MoeShape, onTensor?: (d
     hidden_act: 'silu', max_position_embeddings: 8192, rms_norm_eps: 1e-6,
     bos_token_id: s.vocab - 3, eos_token_id: s.vocab - 2, tie_word_embeddings: false, rope_theta: 10000,
   }, 'synthetic config');
-  const { tokens, types, merges } = syntheticVocab(s.vocab);
   const md: GgufMetadata = [
     ...archMetadata(cfg, `synthetic deepseek2 ${s.layers}x${d}`, 'q8_0'),
-    ['tokenizer.ggml.model', kv.str('gpt2')],
-    ['tokenizer.ggml.pre', kv.str('llama-bpe')],
-    ['tokenizer.ggml.tokens', kv.strs(tokens)],
-    ['tokenizer.ggml.token_type', kv.i32s(types)],
-    ['tokenizer.ggml.merges', kv.strs(merges)],
-    ['tokenizer.ggml.bos_token_id', kv.u32(s.vocab - 3)],
-    ['tokenizer.ggml.eos_token_id', kv.u32(s.vocab - 2)],
+    ...syntheticTokenizer(s.vocab),
   ];
   const experts = (name: string, rows: number, cols: number): GgufTensorToWrite => {
     const one = randomQ8_0(name, rows * s.experts, cols);
