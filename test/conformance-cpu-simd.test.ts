@@ -24,6 +24,8 @@ function q8Activations(format: string, n: number): number {
 
 backendConformance('cpu-simd (2 threads)', () => SimdCpuBackend.create({ threads: 2, minParallelWork: 0 }), { q8Activations });
 backendConformance('cpu-simd (1 thread)', () => SimdCpuBackend.create({ threads: 1 }), { q8Activations });
+// Block formats on the float path too (its kernels still serve int8MinTokens: Infinity and MLA's kv_b).
+backendConformance('cpu-simd (2 threads, float path only)', () => SimdCpuBackend.create({ threads: 2, minParallelWork: 0, int8MinTokens: Infinity }));
 backendConformance('cpu-simd (2 threads, 4 MiB shards)', () => SimdCpuBackend.create({ threads: 2, minParallelWork: 0, shardBytes: 4 << 20, gcBudgetBytes: 1 << 20 }), { q8Activations });
 
 /** The same weight with every subnormal code replaced by the smallest normal one of its sign. */
@@ -67,7 +69,7 @@ describe('cpu-simd: fast and subnormal-safe decoders', () => {
   }
 
   for (const format of ['q8_0', 'q4_0', 'q4_k', 'q6_k'] as const) {
-    it(`${format}: computed by its own kernels on the packed blocks (float path for one token, integer path from INT8_MIN_TOKENS: token tiles of 8 and 4, leftover tokens, row edges)`, async () => {
+    it(`${format}: computed by its own kernels on the packed blocks (integer path (one token, token tiles of 8 and 4, leftover tokens, row edges) and float path)`, async () => {
       const rng = rngFor(`simd blocks ${format}`);
       const per = format === 'q8_0' || format === 'q4_0' ? 32 : 256;
       const maxDiff = (got: Float32Array, want: ref.Mat, slack?: Float64Array) => {
@@ -88,11 +90,7 @@ describe('cpu-simd: fast and subnormal-safe decoders', () => {
         const x = ref.mat(n, k, rng.floats(n * k, -2, 2));
         const got = await b.read(b.matmul(b.fromHost(Float32Array.from(x.data), n, k), dw));
         const what = `${format} [${n}, ${m}, ${k}]`;
-        if (q8Activations(format, n) === 0) {
-          const { mag, worst } = maxDiff(got, ref.refMatmul(x, w));
-          assert.ok(worst <= 1e-4 * Math.max(1, mag), `${what}, float path: max |diff| ${worst} (max |expected| ${mag})`);
-          continue;
-        }
+        assert.equal(q8Activations(format, n), per, `${what}: the integer path applies`);
         // Integer path: exact up to float32 rounding on the same q8 activations, and within the
         // quantization bound of the exact result.
         const { q, step } = quantizeQ8Rows(x, per);
