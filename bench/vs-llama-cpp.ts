@@ -113,6 +113,8 @@ const r = await runBench({ model: ${JSON.stringify(file)}, promptTokens: ${p}, g
 process.stdout.write(JSON.stringify(r));`;
   const out = execFileSync(process.execPath, ['--input-type=module', '-e', script], { encoding: 'utf8', stdio: ['ignore', 'pipe', 'ignore'], maxBuffer: 1 << 20 });
   const r = JSON.parse(out);
+  // A figure from fewer threads than llama.cpp had would not be a comparison.
+  if (r.threads !== threads) throw new Error(`shoal ran on ${r.threads} thread(s), not ${threads}`);
   return { prefill: r.prefillTokPerS, decode: r.decodeTokPerS, rss: r.peakRssBytes };
 }
 

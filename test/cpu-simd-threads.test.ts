@@ -10,6 +10,7 @@
  */
 import { describe, it } from 'node:test';
 import assert from 'node:assert/strict';
+import { spawnSync } from 'node:child_process';
 import { Worker } from 'node:worker_threads';
 import {
   C_DONE, C_NGROUPS, KERNELS, closeJob, controlBlock, jobTag, openJob, runJob, writeJob, type Group, type KernelFns,
@@ -88,5 +89,21 @@ describe('cpu-simd job protocol', () => {
     writeJob(ctrl, cmds, job(0, [4]), 2);
     Atomics.store(ctrl, C_NGROUPS, 1); // as a job that wrapped around to tag 0 would leave it
     assert.deepEqual(await lateWorker(buf, jobTag(0)), []);
+  });
+});
+
+describe('cpu-simd worker threads', () => {
+  // `node --input-type=module -e ...` (how bench/vs-llama-cpp runs each shoal round) used to hand
+  // its options to the workers, which then failed at start: every op ran on one thread, silently.
+  it('start under `node --input-type=module -e`', () => {
+    const backend = new URL('../src/backends/cpu-simd/simd-backend.js', import.meta.url).href;
+    const script = `import { SimdCpuBackend } from ${JSON.stringify(backend)};
+const b = await SimdCpuBackend.create({ threads: 2 });
+process.stdout.write(String(b.activeThreads));
+b.dispose();`;
+    const r = spawnSync(process.execPath, ['--input-type=module', '-e', script], { encoding: 'utf8', timeout: 60000 });
+    assert.equal(r.status, 0, r.stderr);
+    assert.equal(r.stdout, '2', r.stderr);
+    assert.doesNotMatch(r.stderr, /worker \d+ failed/);
   });
 });

@@ -26,6 +26,8 @@ export interface BenchResult {
   decodeTokPerS: number;
   peakRssBytes: number;
   loadMs: number;
+  /** Threads that actually ran the kernels (CPU backends; fewer than asked if a worker failed to start). */
+  threads?: number;
 }
 
 /** Seeded token ids in [lo, hi). */
@@ -55,7 +57,9 @@ export async function runBench(o: BenchOptions): Promise<BenchResult> {
     let r = await gen.next();
     while (!r.done) r = await gen.next();
     const s = r.value;
+    const active = (engine.backend as { activeThreads?: number }).activeThreads;
     return {
+      ...(active !== undefined ? { threads: active } : {}),
       device: engine.backend.info.name,
       promptTokens: s.promptTokens,
       genTokens: s.completionTokens,
@@ -86,6 +90,9 @@ export function registerBench(program: Command, print: (text: string) => void = 
       if (o.genTokens < 2) throw new UserError('needs at least 2 generated tokens to time decoding', '--gen-tokens');
       const r = await runBench(o);
       const mib = (b: number) => (b / 1048576).toFixed(0);
+      if (o.threads !== undefined && r.threads !== undefined && r.threads < o.threads) {
+        process.stderr.write(`shoal: warning: only ${r.threads} of ${o.threads} threads ran (a worker thread failed to start)\n`);
+      }
       print(
         `device: ${r.device}\n` +
         `load: ${(r.loadMs / 1000).toFixed(2)} s\n` +

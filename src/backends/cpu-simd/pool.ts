@@ -25,6 +25,8 @@ export class KernelPool {
   private readonly fns: KernelFns[] = [];
   private readonly scratch: number[][] = [];
   private ready: number[] = [];
+  /** Workers that errored or exited before becoming ready: never waited for. */
+  private failed = 0;
   private job = 0;
   private stopped = false;
 
@@ -40,11 +42,21 @@ export class KernelPool {
       const worker = new Worker(new URL('./worker.js', import.meta.url), {
         workerData: { index, module, ctrl: buf, memories, port: port2, spinMicros },
         transferList: [port2],
+        // Not the parent's options: `node --input-type=module -e ...` would make every worker
+        // fail at start ("--input-type can only be used with string input"), silently leaving
+        // one thread. The kernels need no Node options (V8 flags are process-wide anyway).
+        execArgv: [],
       });
-      worker.on('error', (e) => {
+      let failed = false;
+      const fail = (why: string) => {
+        if (failed || this.stopped) return;
+        failed = true;
+        this.failed++;
         // A worker that cannot start is simply never ready; the others carry on.
-        if (!this.stopped) process.emitWarning(`shoal cpu kernel worker ${index} failed: ${e.message}`);
-      });
+        process.emitWarning(`shoal cpu kernel worker ${index} failed: ${why}`);
+      };
+      worker.on('error', (e) => fail(e.message));
+      worker.on('exit', (code) => { if (Atomics.load(this.ctrl, C_READY + index) !== 1) fail(`exited with code ${code} before it was ready`); });
       worker.unref();
       port1.unref();
       this.workers.push(worker);
@@ -65,7 +77,7 @@ export class KernelPool {
   /** Resolves once every worker is ready (or after `timeoutMs`, with those that are). */
   async whenReady(timeoutMs = 10000): Promise<void> {
     const end = Date.now() + timeoutMs;
-    while (this.readyWorkers().length < this.workers.length && Date.now() < end && !this.stopped) {
+    while (this.readyWorkers().length + this.failed < this.workers.length && Date.now() < end && !this.stopped) {
       await new Promise((r) => setTimeout(r, 2));
     }
   }
