@@ -150,9 +150,12 @@ describe('the demo model in a browser tab on WebGPU', () => {
   });
 
   after(async () => {
-    await context?.close();
-    await srv?.close();
-    if (profile) rmSync(profile, { recursive: true, force: true });
+    try {
+      await context?.close();
+      await srv?.close();
+    } finally {
+      if (profile) rmSync(profile, { recursive: true, force: true });
+    }
   });
 
   it('greedy token ids in the tab equal the Node engine on the CPU backend', { skip: noBrowser, timeout: 120_000 }, async (t) => {

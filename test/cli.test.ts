@@ -3,18 +3,21 @@
  * Bad input must give exactly one line `shoal: ...` naming the file/tensor/field,
  * exit code 1, and no stack trace.
  */
-import { describe, it } from 'node:test';
+import { after, describe, it } from 'node:test';
 import assert from 'node:assert/strict';
-import { chmodSync, cpSync, mkdtempSync, readFileSync, readdirSync, truncateSync, writeFileSync, statSync } from 'node:fs';
+import { chmodSync, cpSync, mkdtempSync, readFileSync, readdirSync, rmSync, truncateSync, writeFileSync, statSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { openSafetensors, writeSafetensors, type TensorToWrite } from '../src/formats/safetensors.js';
 import { assertUserError, fixture, listFixtures, repoRoot, shoal } from './helpers.js';
 
+/** Every folder these tests write lives under one temporary folder, removed when the file's tests end (pass or fail). */
+const tmp = mkdtempSync(join(tmpdir(), 'shoal-cli-'));
+after(() => rmSync(tmp, { recursive: true, force: true }));
 
 /** A writable copy of a fixture folder. */
 function copyFixture(name: string): string {
-  const dir = mkdtempSync(join(tmpdir(), `shoal-${name}-`));
+  const dir = mkdtempSync(join(tmp, `${name}-`));
   cpSync(fixture(name), dir, { recursive: true });
   for (const f of readdirSync(dir)) chmodSync(join(dir, f), 0o644);
   return dir;
@@ -82,7 +85,7 @@ describe('shoal inspect / tokenize / run', () => {
   });
 
   it('tokenize reads the tokenizer embedded in a .gguf: same ids as the folder it was converted from', () => {
-    const out = join(mkdtempSync(join(tmpdir(), 'shoal-tok-')), 'tiny.gguf');
+    const out = join(mkdtempSync(join(tmp, 'tok-')), 'tiny.gguf');
     const c = shoal('convert', '--model', fixture('deepseek-v3-tiny'), '--out', out, '--type', 'bf16');
     assert.equal(c.code, 0, c.stderr);
     for (const args of [['--text', 'hello world, 123'], ['--text', 'hi', '--chat']]) {

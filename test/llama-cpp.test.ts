@@ -41,8 +41,11 @@ before(async () => {
   if (!skip) llama = await lib.getLlama({ gpu: false, build: 'never', logLevel: 'error' });
 });
 after(async () => {
-  await llama?.dispose?.();
-  rmSync(tmp, { recursive: true, force: true });
+  try {
+    await llama?.dispose?.();
+  } finally {
+    if (tmp) rmSync(tmp, { recursive: true, force: true });
+  }
 });
 
 function convert(src: string, type: GgufOutType): string {

@@ -4,7 +4,7 @@
  */
 import { describe, it } from 'node:test';
 import assert from 'node:assert/strict';
-import { mkdtempSync, readFileSync, writeFileSync } from 'node:fs';
+import { mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { Command } from 'commander';
@@ -116,8 +116,9 @@ describe('model analysis', () => {
     assert.ok(kvReadBytesPerToken(v32, 64000) < kvReadBytesPerToken(v3, 64000) / 5);
   });
 
-  it('reads config.json files and names missing fields', () => {
+  it('reads config.json files and names missing fields', (t) => {
     const dir = mkdtempSync(join(tmpdir(), 'shoal-plan-'));
+    t.after(() => rmSync(dir, { recursive: true, force: true }));
     const good = join(dir, 'config.json');
     writeFileSync(good, JSON.stringify(MODEL_CATALOG.find((m) => m.name === 'deepseek-v2-lite')!.config));
     assert.equal(analyzeModel(resolveModel(dir)).params.total, analyzeModel(resolveModel('deepseek-v2-lite')).params.total);
@@ -257,8 +258,9 @@ describe('shoal plan CLI', () => {
     return out;
   }
 
-  it('prints the best configuration as JSON', async () => {
+  it('prints the best configuration as JSON', async (t) => {
     const dir = mkdtempSync(join(tmpdir(), 'shoal-plan-'));
+    t.after(() => rmSync(dir, { recursive: true, force: true }));
     const svg = join(dir, 'plan.svg');
     const out = await run(['--model', 'deepseek-r1', '--hardware', 'h100', '--chips', '96', '--prompt-tokens', '2000', '--output-tokens', '500', '--json', '--plot', svg]);
     const j = JSON.parse(out);

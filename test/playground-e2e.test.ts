@@ -81,9 +81,12 @@ describe('web playground in Chromium', () => {
   });
 
   after(async () => {
-    await context?.close();
-    await srv?.close();
-    if (profile) rmSync(profile, { recursive: true, force: true });
+    try {
+      await context?.close();
+      await srv?.close();
+    } finally {
+      if (profile) rmSync(profile, { recursive: true, force: true });
+    }
   });
 
   it('streams a reply, shows its speed, the expert heatmap and the server panel', { skip, timeout: 30_000 }, async () => {

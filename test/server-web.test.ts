@@ -123,8 +123,9 @@ describe('server: playground files and API (demo model)', () => {
     }
   });
 
-  it('webRoot: null turns the playground off; an unbuilt one says how to build it', async () => {
+  it('webRoot: null turns the playground off; an unbuilt one says how to build it', async (t) => {
     const empty = mkdtempSync(join(tmpdir(), 'shoal-web-'));
+    t.after(() => rmSync(empty, { recursive: true, force: true }));
     const off = await startServer({ model: DEMO, port: 0, device: 'cpu', webRoot: null, load: async () => { throw new Error('not needed'); }, noWait: true });
     const unbuilt = await startServer({ model: DEMO, port: 0, device: 'cpu', webRoot: empty, load: async () => { throw new Error('not needed'); }, noWait: true });
     try {
@@ -135,7 +136,6 @@ describe('server: playground files and API (demo model)', () => {
     } finally {
       await off.close();
       await unbuilt.close();
-      rmSync(empty, { recursive: true, force: true });
     }
   });
 
