@@ -404,6 +404,12 @@ export function matmul_fp8s(x: usize, xs: i32, n: i32, w: usize, k: i32, r0: i32
 }
 
 // ---- multi-head latent attention -----------------------------------------------------------
+
+/**
+ * Below this many tokens, MLA's steps 1 and 3 work token by token with the weights summed in
+ * registers; from it on, each decoded weight is shared by the tokens (prefill).
+ */
+const FEW_TOKENS: i32 = 4;
 //
 // Step 2 (scores, softmax, weighted sum of latents) reads only float32 scratch and the float32
 // cache, so one implementation serves every weight format (mla<F>, mlaq<F>). It walks the
@@ -844,30 +850,35 @@ let qd0: f32 = 0, qd1: f32 = 0, qm: f32 = 0;
   }
 }
 
-/** Values 4g..4g+3 of sub-block s of the block at blk, decoded (qParams of s must be current). */
+/**
+ * The codes of values 4g..4g+3 of sub-block s of the block at blk as float32, before the
+ * sub-block's scale (and q4_k's min): q4_0's and q6_k's offsets are included. Exact.
+ */
 // @ts-ignore: decorator
-@inline function wq<F>(blk: usize, s: i32, g: i32): v128 {
-  if (isQ8_0<F>()) {
-    const v = i32x4.extend_low_i16x8_s(i16x8.extend_low_i8x16_s(v128.load32_zero(blk + 2 + (<usize>g << 2))));
-    return f32x4.mul(f32x4.convert_i32x4_s(v), f32x4.splat(qd0));
-  }
+@inline function wcode<F>(blk: usize, s: i32, g: i32): v128 {
+  if (isQ8_0<F>()) return f32x4.convert_i32x4_s(i32x4.extend_low_i16x8_s(i16x8.extend_low_i8x16_s(v128.load32_zero(blk + 2 + (<usize>g << 2)))));
   if (isQ4_0<F>()) {
     const b = u8x4(blk + 2 + (<usize>(g & 3) << 2));
     const q = g < 4 ? v128.and(b, i32x4.splat(15)) : i32x4.shr_u(b, 4);
-    return f32x4.mul(f32x4.convert_i32x4_s(i32x4.sub(q, i32x4.splat(8))), f32x4.splat(qd0));
+    return f32x4.convert_i32x4_s(i32x4.sub(q, i32x4.splat(8)));
   }
   if (isQ4_K<F>()) {
     const b = u8x4(blk + 16 + (<usize>(s >> 1) << 5) + (<usize>g << 2));
-    const q = (s & 1) ? i32x4.shr_u(b, 4) : v128.and(b, i32x4.splat(15));
-    return f32x4.sub(f32x4.mul(f32x4.convert_i32x4_s(q), f32x4.splat(qd0)), f32x4.splat(qm));
+    return f32x4.convert_i32x4_s((s & 1) ? i32x4.shr_u(b, 4) : v128.and(b, i32x4.splat(15)));
   }
   const h = s >> 2, qq = s & 3;
   const lo = u8x4(blk + (<usize>h << 6) + (<usize>(qq & 1) << 5) + (<usize>g << 2));
   const hi = u8x4(blk + 128 + (<usize>h << 5) + (<usize>g << 2));
   const l4 = qq >= 2 ? i32x4.shr_u(lo, 4) : v128.and(lo, i32x4.splat(15));
   const h2 = v128.and(i32x4.shr_u(hi, 2 * qq), i32x4.splat(3));
-  const q = i32x4.sub(v128.or(l4, i32x4.shl(h2, 4)), i32x4.splat(32));
-  return f32x4.mul(f32x4.convert_i32x4_s(q), f32x4.splat(g < 4 ? qd0 : qd1));
+  return f32x4.convert_i32x4_s(i32x4.sub(v128.or(l4, i32x4.shl(h2, 4)), i32x4.splat(32)));
+}
+
+/** Values 4g..4g+3 of sub-block s of the block at blk, decoded (qParams of s must be current). */
+// @ts-ignore: decorator
+@inline function wq<F>(blk: usize, s: i32, g: i32): v128 {
+  const v = f32x4.mul(wcode<F>(blk, s, g), f32x4.splat(g < 4 ? qd0 : qd1));
+  return isQ4_K<F>() ? f32x4.sub(v, f32x4.splat(qm)) : v;
 }
 
 /** Row (whole blocks, k values) · one token. */
@@ -919,6 +930,74 @@ let qd0: f32 = 0, qd1: f32 = 0, qm: f32 = 0;
   store<f32>(out + 3 * osb, hsum(a3));
 }
 
+/** q8_0: Σ of codes 0..3 at p times x0 and codes 4..7 times x1 (one 8-byte widening load for both). */
+// @ts-ignore: decorator
+@inline function q8dot8(p: usize, x0: v128, x1: v128): v128 {
+  const c = v128.load8x8_s(p);
+  return f32x4.add(f32x4.mul(f32x4.convert_i32x4_s(i32x4.extend_low_i16x8_s(c)), x0), f32x4.mul(f32x4.convert_i32x4_s(i32x4.extend_high_i16x8_s(c)), x1));
+}
+
+/**
+ * Four rows (wr, wr + rowBytes, ...; whole blocks, k values) · one token, to out[0..3]: one load
+ * of x serves four rows. Codes are summed against x per half sub-block and the scale applied
+ * once per half (q4_k's min once per sub-block, against Σ x).
+ */
+// @ts-ignore: decorator
+@inline function qdot4r<F>(x: usize, wr: usize, rowBytes: usize, k: i32, out: usize): void {
+  const nb = k / qValues<F>(), subs = qValues<F>() >> 5;
+  const w1 = wr + rowBytes, w2 = w1 + rowBytes, w3 = w2 + rowBytes;
+  let t0 = f32x4.splat(0), t1 = f32x4.splat(0), t2 = f32x4.splat(0), t3 = f32x4.splat(0);
+  for (let b = 0; b < nb; b++) {
+    const o = <usize>b * qBytes<F>();
+    for (let s = 0; s < subs; s++) {
+      const xb = fptr(x, b * qValues<F>() + (s << 5));
+      let l0 = f32x4.splat(0), l1 = f32x4.splat(0), l2 = f32x4.splat(0), l3 = f32x4.splat(0);
+      let u0 = f32x4.splat(0), u1 = f32x4.splat(0), u2 = f32x4.splat(0), u3 = f32x4.splat(0);
+      let xs = f32x4.splat(0);
+      if (isQ8_0<F>()) {
+        // Eight codes per widening load; both halves share the block scale.
+        for (let g = 0; g < 8; g += 2) {
+          const x0 = v128.load(xb + (<usize>g << 4)), x1 = v128.load(xb + (<usize>g << 4), 16);
+          const c = o + 2 + (<usize>g << 2);
+          l0 = f32x4.add(l0, q8dot8(wr + c, x0, x1));
+          l1 = f32x4.add(l1, q8dot8(w1 + c, x0, x1));
+          l2 = f32x4.add(l2, q8dot8(w2 + c, x0, x1));
+          l3 = f32x4.add(l3, q8dot8(w3 + c, x0, x1));
+        }
+      } else for (let g = 0; g < 4; g++) {
+        const xv = v128.load(xb + (<usize>g << 4));
+        if (isQ4_K<F>()) xs = f32x4.add(xs, xv);
+        l0 = f32x4.add(l0, f32x4.mul(wcode<F>(wr + o, s, g), xv));
+        l1 = f32x4.add(l1, f32x4.mul(wcode<F>(w1 + o, s, g), xv));
+        l2 = f32x4.add(l2, f32x4.mul(wcode<F>(w2 + o, s, g), xv));
+        l3 = f32x4.add(l3, f32x4.mul(wcode<F>(w3 + o, s, g), xv));
+      }
+      if (!isQ8_0<F>()) for (let g = 4; g < 8; g++) {
+        const xv = v128.load(xb + (<usize>g << 4));
+        if (isQ4_K<F>()) xs = f32x4.add(xs, xv);
+        u0 = f32x4.add(u0, f32x4.mul(wcode<F>(wr + o, s, g), xv));
+        u1 = f32x4.add(u1, f32x4.mul(wcode<F>(w1 + o, s, g), xv));
+        u2 = f32x4.add(u2, f32x4.mul(wcode<F>(w2 + o, s, g), xv));
+        u3 = f32x4.add(u3, f32x4.mul(wcode<F>(w3 + o, s, g), xv));
+      }
+      t0 = qscaled<F>(t0, l0, u0, xs, wr + o, s);
+      t1 = qscaled<F>(t1, l1, u1, xs, w1 + o, s);
+      t2 = qscaled<F>(t2, l2, u2, xs, w2 + o, s);
+      t3 = qscaled<F>(t3, l3, u3, xs, w3 + o, s);
+    }
+  }
+  v128.store(out, fhsum4(t0, t1, t2, t3));
+}
+
+/** t + the scaled code sums of sub-block s of the block at blk: lo (first 16 values), hi, and Σ x for q4_k's min. */
+// @ts-ignore: decorator
+@inline function qscaled<F>(t: v128, lo: v128, hi: v128, xs: v128, blk: usize, s: i32): v128 {
+  qParams<F>(blk, s);
+  if (isFloat<F>() /* q6_k */) return f32x4.add(t, f32x4.add(f32x4.mul(lo, f32x4.splat(qd0)), f32x4.mul(hi, f32x4.splat(qd1))));
+  const v = f32x4.mul(f32x4.add(lo, hi), f32x4.splat(qd0));
+  return f32x4.add(t, isQ4_K<F>() ? f32x4.sub(v, f32x4.mul(xs, f32x4.splat(qm))) : v);
+}
+
 /** matmul (same contract as matmul<F>) for a block-format weight; k is a whole number of blocks. */
 // @ts-ignore: decorator
 @inline function matmulq<F>(x: usize, xs: i32, n: i32, w: usize, k: i32, r0: i32, r1: i32, out: usize, os: i32, part: i32, parts: i32): void {
@@ -953,7 +1032,64 @@ let qd0: f32 = 0, qd1: f32 = 0, qm: f32 = 0;
   }
 }
 
-/** Absorbed MLA (as mla<F>) with kv_b in a block format. */
+/**
+ * Step 1 of mlaq for one token: qa[0..R) = Σ_d q[d] · row_d (rows w + d·rowBytes, d < nope).
+ * A sub-block's 32 columns are summed in registers over the rows, q[d] folded into the row's
+ * sub-block scale (and q4_k's min): no decoded row goes through memory.
+ */
+// @ts-ignore: decorator
+@inline function absorbq<F>(q: usize, w: usize, rowBytes: usize, nope: i32, R: i32, qa: usize): void {
+  const nb = R / qValues<F>(), subs = qValues<F>() >> 5;
+  for (let b = 0; b < nb; b++) {
+    const w0 = w + <usize>b * qBytes<F>();
+    for (let s = 0; s < subs; s++) {
+      let a0 = f32x4.splat(0), a1 = f32x4.splat(0), a2 = f32x4.splat(0), a3 = f32x4.splat(0);
+      let a4 = f32x4.splat(0), a5 = f32x4.splat(0), a6 = f32x4.splat(0), a7 = f32x4.splat(0);
+      let mins: f32 = 0;
+      let blk = w0;
+      for (let d = 0; d < nope; d++, blk += rowBytes) {
+        const qv = load<f32>(fptr(q, d));
+        qParams<F>(blk, s);
+        const d0 = f32x4.splat(qd0 * qv), d1 = f32x4.splat(qd1 * qv);
+        if (isQ4_K<F>()) mins += qm * qv;
+        if (isQ8_0<F>()) {
+          // Eight codes per widening load.
+          const c0 = v128.load8x8_s(blk + 2), c1 = v128.load8x8_s(blk + 10), c2 = v128.load8x8_s(blk + 18), c3 = v128.load8x8_s(blk + 26);
+          a0 = f32x4.add(a0, f32x4.mul(f32x4.convert_i32x4_s(i32x4.extend_low_i16x8_s(c0)), d0));
+          a1 = f32x4.add(a1, f32x4.mul(f32x4.convert_i32x4_s(i32x4.extend_high_i16x8_s(c0)), d0));
+          a2 = f32x4.add(a2, f32x4.mul(f32x4.convert_i32x4_s(i32x4.extend_low_i16x8_s(c1)), d0));
+          a3 = f32x4.add(a3, f32x4.mul(f32x4.convert_i32x4_s(i32x4.extend_high_i16x8_s(c1)), d0));
+          a4 = f32x4.add(a4, f32x4.mul(f32x4.convert_i32x4_s(i32x4.extend_low_i16x8_s(c2)), d0));
+          a5 = f32x4.add(a5, f32x4.mul(f32x4.convert_i32x4_s(i32x4.extend_high_i16x8_s(c2)), d0));
+          a6 = f32x4.add(a6, f32x4.mul(f32x4.convert_i32x4_s(i32x4.extend_low_i16x8_s(c3)), d0));
+          a7 = f32x4.add(a7, f32x4.mul(f32x4.convert_i32x4_s(i32x4.extend_high_i16x8_s(c3)), d0));
+          continue;
+        }
+        a0 = f32x4.add(a0, f32x4.mul(wcode<F>(blk, s, 0), d0));
+        a1 = f32x4.add(a1, f32x4.mul(wcode<F>(blk, s, 1), d0));
+        a2 = f32x4.add(a2, f32x4.mul(wcode<F>(blk, s, 2), d0));
+        a3 = f32x4.add(a3, f32x4.mul(wcode<F>(blk, s, 3), d0));
+        a4 = f32x4.add(a4, f32x4.mul(wcode<F>(blk, s, 4), d1));
+        a5 = f32x4.add(a5, f32x4.mul(wcode<F>(blk, s, 5), d1));
+        a6 = f32x4.add(a6, f32x4.mul(wcode<F>(blk, s, 6), d1));
+        a7 = f32x4.add(a7, f32x4.mul(wcode<F>(blk, s, 7), d1));
+      }
+      const m = f32x4.splat(mins);
+      const o = fptr(qa, b * qValues<F>() + (s << 5));
+      v128.store(o, f32x4.sub(a0, m)); v128.store(o, f32x4.sub(a1, m), 16);
+      v128.store(o, f32x4.sub(a2, m), 32); v128.store(o, f32x4.sub(a3, m), 48);
+      v128.store(o, f32x4.sub(a4, m), 64); v128.store(o, f32x4.sub(a5, m), 80);
+      v128.store(o, f32x4.sub(a6, m), 96); v128.store(o, f32x4.sub(a7, m), 112);
+    }
+  }
+}
+
+/**
+ * Absorbed MLA (as mla<F>) with kv_b in a block format. For fewer than FEW_TOKENS tokens
+ * (decode), step 1 sums W_UK per token in registers (absorbq) and step 3 takes four W_UV rows
+ * per load of lat (qdot4r), both applying each sub-block's scale once; for more, a decoded
+ * W_UK row serves every token and step 3 is matmulq (one decoded weight, four tokens).
+ */
 // @ts-ignore: decorator
 @inline function mlaq<F>(q: usize, n: i32, H: i32, nope: i32, rope: i32, vDim: i32, R: i32, scale: f32,
   kvb: usize, cache: usize, W: i32, B: i32, tok: usize, maxLen: i32,
@@ -961,11 +1097,14 @@ let qd0: f32 = 0, qd1: f32 = 0, qm: f32 = 0;
   const h0 = shareLo(0, H, 1, part, parts), h1 = shareHi(0, H, 1, part, parts);
   if (h0 >= h1) return;
   const qs = nope + rope, qCols = H * qs, hs = nope + vDim;
+  const qRow = <usize>(R / qValues<F>()) * qBytes<F>();
   for (let h = h0; h < h1; h++) {
-    for (let i = 0; i < n; i++) {
-      zero(fptr(qAbs, (i * H + h) * W), R);
-      memory.copy(fptr(qAbs, (i * H + h) * W + R), fptr(q, i * qCols + h * qs + nope), <usize>rope << 2);
+    for (let i = 0; i < n; i++) memory.copy(fptr(qAbs, (i * H + h) * W + R), fptr(q, i * qCols + h * qs + nope), <usize>rope << 2);
+    if (n < FEW_TOKENS) {
+      for (let i = 0; i < n; i++) absorbq<F>(fptr(q, i * qCols + h * qs), kvb + <usize>(h * hs) * qRow, qRow, nope, R, fptr(qAbs, (i * H + h) * W));
+      continue;
     }
+    for (let i = 0; i < n; i++) zero(fptr(qAbs, (i * H + h) * W), R);
     const tmp = fptr(rowTmp, h * R);
     for (let d = 0; d < nope; d++) {
       decodeRowq<F>(kvb, h * hs + d, R, tmp);
@@ -981,7 +1120,17 @@ let qd0: f32 = 0, qd1: f32 = 0, qm: f32 = 0;
     mlaAttend(fptr(qAbs, i * H * W), len, table, cache, W, B, R, scale, scores, maxLen, fptr(lat, i * H * R), h0, h1);
   }
   for (let h = h0; h < h1; h++) {
-    matmulq<F>(fptr(lat, h * R), H * R, n, kvb, R, h * hs + nope, h * hs + nope + vDim, fptr(out, h * vDim), H * vDim, 0, 1);
+    const r0 = h * hs + nope;
+    if (n >= FEW_TOKENS) {
+      matmulq<F>(fptr(lat, h * R), H * R, n, kvb, R, r0, r0 + vDim, fptr(out, h * vDim), H * vDim, 0, 1);
+      continue;
+    }
+    for (let i = 0; i < n; i++) {
+      const x = fptr(lat, (i * H + h) * R), o = fptr(out, i * H * vDim + h * vDim);
+      let v = 0;
+      for (; v + 4 <= vDim; v += 4) qdot4r<F>(x, kvb + <usize>(r0 + v) * qRow, qRow, R, fptr(o, v));
+      for (; v < vDim; v++) store<f32>(fptr(o, v), qdot1<F>(x, kvb + <usize>(r0 + v) * qRow, R));
+    }
   }
 }
 
