@@ -604,6 +604,67 @@ function mlaAttend(qa: usize, len: i32, table: usize, cache: usize, W: i32, B: i
 }
 
 /**
+ * Step 1 of mla for one token: qa[0..R) = Σ_d q[d] · row r0 + d of w [*, R] (format F), d < nope.
+ * 32 columns at a time are summed in registers over the rows, q[d] and the row's fp8 block scale
+ * folded into one factor: no decoded row goes through memory. (fp8 column blocks that are not
+ * whole multiples of 32, or of 4, leave the chunks that would straddle them to narrower loops.)
+ */
+// @ts-ignore: decorator
+@inline function absorb<F>(q: usize, w: usize, r0: i32, nope: i32, R: i32, sc: usize, br: i32, bc: i32, qa: usize): void {
+  const es = esize<F>();
+  const rowBytes = <usize>R * es;
+  const w0 = w + <usize>r0 * rowBytes;
+  if (!isFp8<F>()) bc = R;
+  const scaleCols = (R + bc - 1) / bc;
+  let c = 0;
+  if (!isFp8<F>() || bc % 32 == 0) {
+    for (; c + 32 <= R; c += 32) {
+      let a0 = f32x4.splat(0), a1 = f32x4.splat(0), a2 = f32x4.splat(0), a3 = f32x4.splat(0);
+      let a4 = f32x4.splat(0), a5 = f32x4.splat(0), a6 = f32x4.splat(0), a7 = f32x4.splat(0);
+      let wr = w0 + <usize>c * es;
+      for (let d = 0; d < nope; d++, wr += rowBytes) {
+        let f = load<f32>(fptr(q, d));
+        if (isFp8<F>()) f *= blockScale<F>(scaleRow<F>(sc, r0 + d, br, scaleCols), c, bc);
+        const fv = f32x4.splat(f);
+        a0 = f32x4.add(a0, f32x4.mul(w4<F>(wr), fv));
+        a1 = f32x4.add(a1, f32x4.mul(w4<F>(wr + 4 * es), fv));
+        a2 = f32x4.add(a2, f32x4.mul(w4<F>(wr + 8 * es), fv));
+        a3 = f32x4.add(a3, f32x4.mul(w4<F>(wr + 12 * es), fv));
+        a4 = f32x4.add(a4, f32x4.mul(w4<F>(wr + 16 * es), fv));
+        a5 = f32x4.add(a5, f32x4.mul(w4<F>(wr + 20 * es), fv));
+        a6 = f32x4.add(a6, f32x4.mul(w4<F>(wr + 24 * es), fv));
+        a7 = f32x4.add(a7, f32x4.mul(w4<F>(wr + 28 * es), fv));
+      }
+      const o = fptr(qa, c);
+      v128.store(o, a0); v128.store(o, a1, 16); v128.store(o, a2, 32); v128.store(o, a3, 48);
+      v128.store(o, a4, 64); v128.store(o, a5, 80); v128.store(o, a6, 96); v128.store(o, a7, 112);
+    }
+  }
+  if (!isFp8<F>() || bc % 4 == 0) {
+    for (; c + 4 <= R; c += 4) {
+      let a = f32x4.splat(0);
+      let wr = w0 + <usize>c * es;
+      for (let d = 0; d < nope; d++, wr += rowBytes) {
+        let f = load<f32>(fptr(q, d));
+        if (isFp8<F>()) f *= blockScale<F>(scaleRow<F>(sc, r0 + d, br, scaleCols), c, bc);
+        a = f32x4.add(a, f32x4.mul(w4<F>(wr), f32x4.splat(f)));
+      }
+      v128.store(fptr(qa, c), a);
+    }
+  }
+  for (; c < R; c++) {
+    let a: f32 = 0;
+    let wr = w0 + <usize>c * es;
+    for (let d = 0; d < nope; d++, wr += rowBytes) {
+      let f = load<f32>(fptr(q, d));
+      if (isFp8<F>()) f *= blockScale<F>(scaleRow<F>(sc, r0 + d, br, scaleCols), c, bc);
+      a += w1<F>(wr) * f;
+    }
+    store<f32>(fptr(qa, c), a);
+  }
+}
+
+/**
  * Absorbed MLA over the paged latent cache (docs/backends.md, mlaAttention). A chunk is a
  * range of heads and does every step for them, so chunks are independent.
  *
@@ -614,8 +675,11 @@ function mlaAttend(qa: usize, len: i32, table: usize, cache: usize, W: i32, B: i
  *   1. qAbs[i,h] = [Σ_d q_nope[i,h,d] · W_UK[h,d,:] | q_rope[i,h]]   (W_UK folded into the query)
  *   2. s_p = qAbs[i,h] · row_p · scale, p ≤ pos_i; softmax; lat[i,h] = Σ_p w_p c_p   (mlaAttend)
  *   3. out[i,h,:] = W_UV[h] · lat[i,h]                       (one matmul per head)
- * With the rope query next to the absorbed one, a score is one dot product over the whole
- * cached row. Step 2 goes block by block through the cache, heads in pairs (mlaAttend).
+ * For fewer than FEW_TOKENS tokens (decode) step 1 sums W_UK in registers per token (absorb);
+ * for more, each decoded W_UK row serves every token. With the rope query next to the absorbed
+ * one, a score is one dot product over the whole cached row. Step 2 goes block by block through
+ * the cache, heads in pairs (mlaAttend). Step 3 is matmul (four rows per load of lat for one
+ * token, one decoded weight for four tokens in batches).
  */
 // @ts-ignore: decorator
 @inline function mla<F>(q: usize, n: i32, H: i32, nope: i32, rope: i32, vDim: i32, R: i32, scale: f32,
@@ -627,10 +691,13 @@ function mlaAttend(qa: usize, len: i32, table: usize, cache: usize, W: i32, B: i
 
   // 1. Absorb W_UK into the query.
   for (let h = h0; h < h1; h++) {
-    for (let i = 0; i < n; i++) {
-      zero(fptr(qAbs, (i * H + h) * W), R);
-      memory.copy(fptr(qAbs, (i * H + h) * W + R), fptr(q, i * qCols + h * qs + nope), <usize>rope << 2);
+    for (let i = 0; i < n; i++) memory.copy(fptr(qAbs, (i * H + h) * W + R), fptr(q, i * qCols + h * qs + nope), <usize>rope << 2);
+    if (n < FEW_TOKENS) {
+      for (let i = 0; i < n; i++) absorb<F>(fptr(q, i * qCols + h * qs), kvb, h * hs, nope, R, sc, br, bc, fptr(qAbs, (i * H + h) * W));
+      continue;
     }
+    // Many tokens: each decoded row serves all of them.
+    for (let i = 0; i < n; i++) zero(fptr(qAbs, (i * H + h) * W), R);
     const tmp = fptr(rowTmp, h * R);
     for (let d = 0; d < nope; d++) {
       decodeRow<F>(kvb, h * hs + d, R, sc, br, bc, tmp);
