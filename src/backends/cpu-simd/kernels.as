@@ -406,17 +406,280 @@ export function matmul_fp8s(x: usize, xs: i32, n: i32, w: usize, k: i32, r0: i32
 // ---- multi-head latent attention -----------------------------------------------------------
 
 /**
+ * Below this many tokens, MLA's steps 1 and 3 work token by token with the weights summed in
+ * registers; from it on, each decoded weight is shared by the tokens (prefill).
+ */
+const FEW_TOKENS: i32 = 4;
+//
+// Step 2 (scores, softmax, weighted sum of latents) reads only float32 scratch and the float32
+// cache, so one implementation serves every weight format (mla<F>, mlaq<F>). It walks the
+// positions block by block of the paged cache: a block's rows are consecutive, so the `/ B`
+// and `% B` of the block table happen once per block, and the block stays in cache while every
+// head pair of the chunk uses it. Heads go in pairs so that each loaded row vector serves two
+// heads (a lone head when the chunk's count is odd).
+
+/** [Σ a, Σ b, Σ c, Σ d] over the lanes of four f32x4. */
+// @ts-ignore: decorator
+@inline function fhsum4(a: v128, b: v128, c: v128, d: v128): v128 {
+  const ab = f32x4.add(v128.shuffle<f32>(a, b, 0, 4, 1, 5), v128.shuffle<f32>(a, b, 2, 6, 3, 7));
+  const cd = f32x4.add(v128.shuffle<f32>(c, d, 0, 4, 1, 5), v128.shuffle<f32>(c, d, 2, 6, 3, 7));
+  return f32x4.add(v128.shuffle<f32>(ab, cd, 0, 1, 4, 5), v128.shuffle<f32>(ab, cd, 2, 3, 6, 7));
+}
+
+/** Σ a[c]·b[c] for c in [from, len): the scalar tail of a vector loop. */
+function dotTail(a: usize, b: usize, from: i32, len: i32): f32 {
+  let t: f32 = 0;
+  for (let c = from; c < len; c++) t += load<f32>(fptr(a, c)) * load<f32>(fptr(b, c));
+  return t;
+}
+
+/** The four dot products of q (W floats) with rows r0..r3 plus their vector parts a0..a3, scaled. */
+// @ts-ignore: decorator
+@inline function scores4(a0: v128, a1: v128, a2: v128, a3: v128, q: usize, r0: usize, rb: usize, W: i32, scale: v128): v128 {
+  let s = fhsum4(a0, a1, a2, a3);
+  const c = W & ~3;
+  if (c < W) {
+    s = f32x4.replace_lane(s, 0, f32x4.extract_lane(s, 0) + dotTail(q, r0, c, W));
+    s = f32x4.replace_lane(s, 1, f32x4.extract_lane(s, 1) + dotTail(q, r0 + rb, c, W));
+    s = f32x4.replace_lane(s, 2, f32x4.extract_lane(s, 2) + dotTail(q, r0 + 2 * rb, c, W));
+    s = f32x4.replace_lane(s, 3, f32x4.extract_lane(s, 3) + dotTail(q, r0 + 3 * rb, c, W));
+  }
+  return f32x4.mul(s, scale);
+}
+
+/**
+ * Scores of heads qa and qb (W floats each: absorbed query | rope query) against the four
+ * consecutive cached rows r0, r0 + rb, ...; scaled, to sa[0..3] and sb[0..3].
+ */
+// @ts-ignore: decorator
+@inline function scores2x4(qa: usize, qb: usize, r0: usize, rb: usize, W: i32, scale: v128, sa: usize, sb: usize): void {
+  const r1 = r0 + rb, r2 = r1 + rb, r3 = r2 + rb;
+  let a0 = f32x4.splat(0), a1 = f32x4.splat(0), a2 = f32x4.splat(0), a3 = f32x4.splat(0);
+  let b0 = f32x4.splat(0), b1 = f32x4.splat(0), b2 = f32x4.splat(0), b3 = f32x4.splat(0);
+  for (let o: usize = 0, end = <usize>(W & ~3) << 2; o < end; o += 16) {
+    const x = v128.load(qa + o), y = v128.load(qb + o);
+    const v0 = v128.load(r0 + o), v1 = v128.load(r1 + o), v2 = v128.load(r2 + o), v3 = v128.load(r3 + o);
+    a0 = f32x4.add(a0, f32x4.mul(x, v0)); b0 = f32x4.add(b0, f32x4.mul(y, v0));
+    a1 = f32x4.add(a1, f32x4.mul(x, v1)); b1 = f32x4.add(b1, f32x4.mul(y, v1));
+    a2 = f32x4.add(a2, f32x4.mul(x, v2)); b2 = f32x4.add(b2, f32x4.mul(y, v2));
+    a3 = f32x4.add(a3, f32x4.mul(x, v3)); b3 = f32x4.add(b3, f32x4.mul(y, v3));
+  }
+  v128.store(sa, scores4(a0, a1, a2, a3, qa, r0, rb, W, scale));
+  v128.store(sb, scores4(b0, b1, b2, b3, qb, r0, rb, W, scale));
+}
+
+/** scores2x4 for one head. */
+// @ts-ignore: decorator
+@inline function scores1x4(qa: usize, r0: usize, rb: usize, W: i32, scale: v128, sa: usize): void {
+  const r1 = r0 + rb, r2 = r1 + rb, r3 = r2 + rb;
+  let a0 = f32x4.splat(0), a1 = f32x4.splat(0), a2 = f32x4.splat(0), a3 = f32x4.splat(0);
+  for (let o: usize = 0, end = <usize>(W & ~3) << 2; o < end; o += 16) {
+    const x = v128.load(qa + o);
+    a0 = f32x4.add(a0, f32x4.mul(x, v128.load(r0 + o)));
+    a1 = f32x4.add(a1, f32x4.mul(x, v128.load(r1 + o)));
+    a2 = f32x4.add(a2, f32x4.mul(x, v128.load(r2 + o)));
+    a3 = f32x4.add(a3, f32x4.mul(x, v128.load(r3 + o)));
+  }
+  v128.store(sa, scores4(a0, a1, a2, a3, qa, r0, rb, W, scale));
+}
+
+/**
+ * la[0..R) += Σ_j wa[j] · row_j[0..R) and lb += Σ_j wb[j] · row_j over cnt consecutive rows
+ * (r0 + j·rb). A chunk of 16 columns of both sums stays in registers across the rows, so each
+ * row chunk is loaded once for both heads and lat is read and written once per block.
+ */
+// @ts-ignore: decorator
+@inline function accumulate2(la: usize, lb: usize, wa: usize, wb: usize, r0: usize, rb: usize, cnt: i32, R: i32): void {
+  const wEnd = wa + (<usize>cnt << 2);
+  let c = 0;
+  for (; c + 16 <= R; c += 16) {
+    const o = <usize>c << 2;
+    let a0 = v128.load(la + o), a1 = v128.load(la + o, 16), a2 = v128.load(la + o, 32), a3 = v128.load(la + o, 48);
+    let b0 = v128.load(lb + o), b1 = v128.load(lb + o, 16), b2 = v128.load(lb + o, 32), b3 = v128.load(lb + o, 48);
+    let r = r0 + o, pb = wb;
+    for (let pa = wa; pa < wEnd; pa += 4, pb += 4, r += rb) {
+      const x = v128.load32_splat(pa), y = v128.load32_splat(pb);
+      const v0 = v128.load(r), v1 = v128.load(r, 16), v2 = v128.load(r, 32), v3 = v128.load(r, 48);
+      a0 = f32x4.add(a0, f32x4.mul(x, v0)); b0 = f32x4.add(b0, f32x4.mul(y, v0));
+      a1 = f32x4.add(a1, f32x4.mul(x, v1)); b1 = f32x4.add(b1, f32x4.mul(y, v1));
+      a2 = f32x4.add(a2, f32x4.mul(x, v2)); b2 = f32x4.add(b2, f32x4.mul(y, v2));
+      a3 = f32x4.add(a3, f32x4.mul(x, v3)); b3 = f32x4.add(b3, f32x4.mul(y, v3));
+    }
+    v128.store(la + o, a0); v128.store(la + o, a1, 16); v128.store(la + o, a2, 32); v128.store(la + o, a3, 48);
+    v128.store(lb + o, b0); v128.store(lb + o, b1, 16); v128.store(lb + o, b2, 32); v128.store(lb + o, b3, 48);
+  }
+  if (c < R) {
+    accumulateCols(la, wa, r0, rb, cnt, c, R);
+    accumulateCols(lb, wb, r0, rb, cnt, c, R);
+  }
+}
+
+/** accumulate2 for one head: chunks of 32 columns. */
+// @ts-ignore: decorator
+@inline function accumulate1(la: usize, wa: usize, r0: usize, rb: usize, cnt: i32, R: i32): void {
+  const wEnd = wa + (<usize>cnt << 2);
+  let c = 0;
+  for (; c + 32 <= R; c += 32) {
+    const o = <usize>c << 2;
+    let a0 = v128.load(la + o), a1 = v128.load(la + o, 16), a2 = v128.load(la + o, 32), a3 = v128.load(la + o, 48);
+    let a4 = v128.load(la + o, 64), a5 = v128.load(la + o, 80), a6 = v128.load(la + o, 96), a7 = v128.load(la + o, 112);
+    let r = r0 + o;
+    for (let pa = wa; pa < wEnd; pa += 4, r += rb) {
+      const x = v128.load32_splat(pa);
+      a0 = f32x4.add(a0, f32x4.mul(x, v128.load(r))); a1 = f32x4.add(a1, f32x4.mul(x, v128.load(r, 16)));
+      a2 = f32x4.add(a2, f32x4.mul(x, v128.load(r, 32))); a3 = f32x4.add(a3, f32x4.mul(x, v128.load(r, 48)));
+      a4 = f32x4.add(a4, f32x4.mul(x, v128.load(r, 64))); a5 = f32x4.add(a5, f32x4.mul(x, v128.load(r, 80)));
+      a6 = f32x4.add(a6, f32x4.mul(x, v128.load(r, 96))); a7 = f32x4.add(a7, f32x4.mul(x, v128.load(r, 112)));
+    }
+    v128.store(la + o, a0); v128.store(la + o, a1, 16); v128.store(la + o, a2, 32); v128.store(la + o, a3, 48);
+    v128.store(la + o, a4, 64); v128.store(la + o, a5, 80); v128.store(la + o, a6, 96); v128.store(la + o, a7, 112);
+  }
+  if (c < R) accumulateCols(la, wa, r0, rb, cnt, c, R);
+}
+
+/** Columns [c0, R) of accumulate1, four at a time then one by one. */
+function accumulateCols(la: usize, wa: usize, r0: usize, rb: usize, cnt: i32, c0: i32, R: i32): void {
+  let c = c0;
+  for (; c + 4 <= R; c += 4) {
+    const o = <usize>c << 2;
+    let a = v128.load(la + o), r = r0 + o;
+    for (let j = 0; j < cnt; j++, r += rb) a = f32x4.add(a, f32x4.mul(v128.load32_splat(wa + (<usize>j << 2)), v128.load(r)));
+    v128.store(la + o, a);
+  }
+  for (; c < R; c++) {
+    const o = <usize>c << 2;
+    let a = load<f32>(la + o), r = r0 + o;
+    for (let j = 0; j < cnt; j++, r += rb) a += load<f32>(wa + (<usize>j << 2)) * load<f32>(r);
+    store<f32>(la + o, a);
+  }
+}
+
+/**
+ * Step 2 of MLA for one token and heads [h0, h1): scores of the first len positions (block
+ * table at `table`, B positions per block, rows of W floats = [latent R | rope key] at cache),
+ * softmax, and the weighted sum of latents.
+ * qa: the token's query rows [H, W] (absorbed query | rope query); scores [H, maxLen];
+ * lat: the token's latent sums [H, R].
+ */
+function mlaAttend(qa: usize, len: i32, table: usize, cache: usize, W: i32, B: i32, R: i32, scale: f32,
+  scores: usize, maxLen: i32, lat: usize, h0: i32, h1: i32): void {
+  const rb = <usize>W << 2, blockBytes = <usize>B * rb;
+  const sv = f32x4.splat(scale);
+  for (let p0 = 0, blk = table; p0 < len; p0 += B, blk += 4) {
+    const base = cache + <usize>load<i32>(blk) * blockBytes;
+    const cnt = min(B, len - p0);
+    let h = h0;
+    for (; h + 2 <= h1; h += 2) {
+      const q0 = fptr(qa, h * W), q1 = q0 + rb;
+      const s0 = fptr(scores, h * maxLen + p0), s1 = s0 + (<usize>maxLen << 2);
+      let j = 0;
+      for (; j + 4 <= cnt; j += 4) scores2x4(q0, q1, base + <usize>j * rb, rb, W, sv, fptr(s0, j), fptr(s1, j));
+      for (; j < cnt; j++) {
+        const row = base + <usize>j * rb;
+        store<f32>(fptr(s0, j), dot(q0, row, W) * scale);
+        store<f32>(fptr(s1, j), dot(q1, row, W) * scale);
+      }
+    }
+    if (h < h1) {
+      const q0 = fptr(qa, h * W), s0 = fptr(scores, h * maxLen + p0);
+      let j = 0;
+      for (; j + 4 <= cnt; j += 4) scores1x4(q0, base + <usize>j * rb, rb, W, sv, fptr(s0, j));
+      for (; j < cnt; j++) store<f32>(fptr(s0, j), dot(q0, base + <usize>j * rb, W) * scale);
+    }
+  }
+  for (let h = h0; h < h1; h++) {
+    softmax(fptr(scores, h * maxLen), len);
+    zero(fptr(lat, h * R), R);
+  }
+  for (let p0 = 0, blk = table; p0 < len; p0 += B, blk += 4) {
+    const base = cache + <usize>load<i32>(blk) * blockBytes;
+    const cnt = min(B, len - p0);
+    let h = h0;
+    for (; h + 2 <= h1; h += 2) {
+      const w0 = fptr(scores, h * maxLen + p0);
+      accumulate2(fptr(lat, h * R), fptr(lat, (h + 1) * R), w0, w0 + (<usize>maxLen << 2), base, rb, cnt, R);
+    }
+    if (h < h1) accumulate1(fptr(lat, h * R), fptr(scores, h * maxLen + p0), base, rb, cnt, R);
+  }
+}
+
+/**
+ * Step 1 of mla for one token: qa[0..R) = Σ_d q[d] · row r0 + d of w [*, R] (format F), d < nope.
+ * 32 columns at a time are summed in registers over the rows, q[d] and the row's fp8 block scale
+ * folded into one factor: no decoded row goes through memory. (fp8 column blocks that are not
+ * whole multiples of 32, or of 4, leave the chunks that would straddle them to narrower loops.)
+ */
+// @ts-ignore: decorator
+@inline function absorb<F>(q: usize, w: usize, r0: i32, nope: i32, R: i32, sc: usize, br: i32, bc: i32, qa: usize): void {
+  const es = esize<F>();
+  const rowBytes = <usize>R * es;
+  const w0 = w + <usize>r0 * rowBytes;
+  if (!isFp8<F>()) bc = R;
+  const scaleCols = (R + bc - 1) / bc;
+  let c = 0;
+  if (!isFp8<F>() || bc % 32 == 0) {
+    for (; c + 32 <= R; c += 32) {
+      let a0 = f32x4.splat(0), a1 = f32x4.splat(0), a2 = f32x4.splat(0), a3 = f32x4.splat(0);
+      let a4 = f32x4.splat(0), a5 = f32x4.splat(0), a6 = f32x4.splat(0), a7 = f32x4.splat(0);
+      let wr = w0 + <usize>c * es;
+      for (let d = 0; d < nope; d++, wr += rowBytes) {
+        let f = load<f32>(fptr(q, d));
+        if (isFp8<F>()) f *= blockScale<F>(scaleRow<F>(sc, r0 + d, br, scaleCols), c, bc);
+        const fv = f32x4.splat(f);
+        a0 = f32x4.add(a0, f32x4.mul(w4<F>(wr), fv));
+        a1 = f32x4.add(a1, f32x4.mul(w4<F>(wr + 4 * es), fv));
+        a2 = f32x4.add(a2, f32x4.mul(w4<F>(wr + 8 * es), fv));
+        a3 = f32x4.add(a3, f32x4.mul(w4<F>(wr + 12 * es), fv));
+        a4 = f32x4.add(a4, f32x4.mul(w4<F>(wr + 16 * es), fv));
+        a5 = f32x4.add(a5, f32x4.mul(w4<F>(wr + 20 * es), fv));
+        a6 = f32x4.add(a6, f32x4.mul(w4<F>(wr + 24 * es), fv));
+        a7 = f32x4.add(a7, f32x4.mul(w4<F>(wr + 28 * es), fv));
+      }
+      const o = fptr(qa, c);
+      v128.store(o, a0); v128.store(o, a1, 16); v128.store(o, a2, 32); v128.store(o, a3, 48);
+      v128.store(o, a4, 64); v128.store(o, a5, 80); v128.store(o, a6, 96); v128.store(o, a7, 112);
+    }
+  }
+  if (!isFp8<F>() || bc % 4 == 0) {
+    for (; c + 4 <= R; c += 4) {
+      let a = f32x4.splat(0);
+      let wr = w0 + <usize>c * es;
+      for (let d = 0; d < nope; d++, wr += rowBytes) {
+        let f = load<f32>(fptr(q, d));
+        if (isFp8<F>()) f *= blockScale<F>(scaleRow<F>(sc, r0 + d, br, scaleCols), c, bc);
+        a = f32x4.add(a, f32x4.mul(w4<F>(wr), f32x4.splat(f)));
+      }
+      v128.store(fptr(qa, c), a);
+    }
+  }
+  for (; c < R; c++) {
+    let a: f32 = 0;
+    let wr = w0 + <usize>c * es;
+    for (let d = 0; d < nope; d++, wr += rowBytes) {
+      let f = load<f32>(fptr(q, d));
+      if (isFp8<F>()) f *= blockScale<F>(scaleRow<F>(sc, r0 + d, br, scaleCols), c, bc);
+      a += w1<F>(wr) * f;
+    }
+    store<f32>(fptr(qa, c), a);
+  }
+}
+
+/**
  * Absorbed MLA over the paged latent cache (docs/backends.md, mlaAttention). A chunk is a
  * range of heads and does every step for them, so chunks are independent.
  *
  * q [n, H·(nope+rope)]; kvb [H·(nope+vDim), R] (format F); cache: this layer's slots of W floats
- * ([latent R | rope key]); tok: per token (i32 position, u32 pointer to its block table of i32);
- * scratch: qAbs and lat [n, H, R], scores [H, maxLen], rowTmp [H, R]; out [n, H·vDim].
- *   1. qAbs[i,h] = Σ_d q_nope[i,h,d] · W_UK[h,d,:]            (W_UK folded into the query)
- *   2. s_p = (qAbs[i,h]·c_p + q_rope[i,h]·k_p) · scale, p ≤ pos_i; softmax; lat[i,h] = Σ_p w_p c_p
+ * ([latent R | rope key], W = R + rope); tok: per token (i32 position, u32 pointer to its block
+ * table of i32); scratch: qAbs [n, H, W], lat [n, H, R], scores [H, maxLen], rowTmp [H, R];
+ * out [n, H·vDim].
+ *   1. qAbs[i,h] = [Σ_d q_nope[i,h,d] · W_UK[h,d,:] | q_rope[i,h]]   (W_UK folded into the query)
+ *   2. s_p = qAbs[i,h] · row_p · scale, p ≤ pos_i; softmax; lat[i,h] = Σ_p w_p c_p   (mlaAttend)
  *   3. out[i,h,:] = W_UV[h] · lat[i,h]                       (one matmul per head)
- * Step 2 reads each cached row once per token and scores all of the chunk's heads against it
- * while it is in L1.
+ * For fewer than FEW_TOKENS tokens (decode) step 1 sums W_UK in registers per token (absorb);
+ * for more, each decoded W_UK row serves every token. With the rope query next to the absorbed
+ * one, a score is one dot product over the whole cached row. Step 2 goes block by block through
+ * the cache, heads in pairs (mlaAttend). Step 3 is matmul (four rows per load of lat for one
+ * token, one decoded weight for four tokens in batches).
  */
 // @ts-ignore: decorator
 @inline function mla<F>(q: usize, n: i32, H: i32, nope: i32, rope: i32, vDim: i32, R: i32, scale: f32,
@@ -425,17 +688,22 @@ export function matmul_fp8s(x: usize, xs: i32, n: i32, w: usize, k: i32, r0: i32
   const h0 = shareLo(0, H, 1, part, parts), h1 = shareHi(0, H, 1, part, parts);
   if (h0 >= h1) return;
   const qs = nope + rope, qCols = H * qs, hs = nope + vDim;
-  const rowBytes = <usize>W << 2;
 
   // 1. Absorb W_UK into the query.
   for (let h = h0; h < h1; h++) {
-    for (let i = 0; i < n; i++) zero(fptr(qAbs, (i * H + h) * R), R);
+    for (let i = 0; i < n; i++) memory.copy(fptr(qAbs, (i * H + h) * W + R), fptr(q, i * qCols + h * qs + nope), <usize>rope << 2);
+    if (n < FEW_TOKENS) {
+      for (let i = 0; i < n; i++) absorb<F>(fptr(q, i * qCols + h * qs), kvb, h * hs, nope, R, sc, br, bc, fptr(qAbs, (i * H + h) * W));
+      continue;
+    }
+    // Many tokens: each decoded row serves all of them.
+    for (let i = 0; i < n; i++) zero(fptr(qAbs, (i * H + h) * W), R);
     const tmp = fptr(rowTmp, h * R);
     for (let d = 0; d < nope; d++) {
       decodeRow<F>(kvb, h * hs + d, R, sc, br, bc, tmp);
       for (let i = 0; i < n; i++) {
         const qv = load<f32>(fptr(q, i * qCols + h * qs + d));
-        if (qv != 0) axpy(fptr(qAbs, (i * H + h) * R), qv, tmp, R);
+        if (qv != 0) axpy(fptr(qAbs, (i * H + h) * W), qv, tmp, R);
       }
     }
   }
@@ -444,23 +712,7 @@ export function matmul_fp8s(x: usize, xs: i32, n: i32, w: usize, k: i32, r0: i32
   for (let i = 0; i < n; i++) {
     const len = load<i32>(tok + (<usize>i << 3)) + 1;
     const table = <usize>load<u32>(tok + (<usize>i << 3) + 4);
-    for (let p = 0; p < len; p++) {
-      const slot = load<i32>(table + (<usize>(p / B) << 2)) * B + (p % B);
-      const row = cache + <usize>slot * rowBytes;
-      for (let h = h0; h < h1; h++) {
-        const s = dot(fptr(qAbs, (i * H + h) * R), row, R) + dot(fptr(q, i * qCols + h * qs + nope), fptr(row, R), rope);
-        store<f32>(fptr(scores, h * maxLen + p), s * scale);
-      }
-    }
-    for (let h = h0; h < h1; h++) {
-      softmax(fptr(scores, h * maxLen), len);
-      zero(fptr(lat, (i * H + h) * R), R);
-    }
-    for (let p = 0; p < len; p++) {
-      const slot = load<i32>(table + (<usize>(p / B) << 2)) * B + (p % B);
-      const row = cache + <usize>slot * rowBytes;
-      for (let h = h0; h < h1; h++) axpy(fptr(lat, (i * H + h) * R), load<f32>(fptr(scores, h * maxLen + p)), row, R);
-    }
+    mlaAttend(fptr(qAbs, i * H * W), len, table, cache, W, B, R, scale, scores, maxLen, fptr(lat, i * H * R), h0, h1);
   }
 
   // 3. Up-project with W_UV: rows h·hs + nope .. + vDim of kv_b.
@@ -665,30 +917,35 @@ let qd0: f32 = 0, qd1: f32 = 0, qm: f32 = 0;
   }
 }
 
-/** Values 4g..4g+3 of sub-block s of the block at blk, decoded (qParams of s must be current). */
+/**
+ * The codes of values 4g..4g+3 of sub-block s of the block at blk as float32, before the
+ * sub-block's scale (and q4_k's min): q4_0's and q6_k's offsets are included. Exact.
+ */
 // @ts-ignore: decorator
-@inline function wq<F>(blk: usize, s: i32, g: i32): v128 {
-  if (isQ8_0<F>()) {
-    const v = i32x4.extend_low_i16x8_s(i16x8.extend_low_i8x16_s(v128.load32_zero(blk + 2 + (<usize>g << 2))));
-    return f32x4.mul(f32x4.convert_i32x4_s(v), f32x4.splat(qd0));
-  }
+@inline function wcode<F>(blk: usize, s: i32, g: i32): v128 {
+  if (isQ8_0<F>()) return f32x4.convert_i32x4_s(i32x4.extend_low_i16x8_s(i16x8.extend_low_i8x16_s(v128.load32_zero(blk + 2 + (<usize>g << 2)))));
   if (isQ4_0<F>()) {
     const b = u8x4(blk + 2 + (<usize>(g & 3) << 2));
     const q = g < 4 ? v128.and(b, i32x4.splat(15)) : i32x4.shr_u(b, 4);
-    return f32x4.mul(f32x4.convert_i32x4_s(i32x4.sub(q, i32x4.splat(8))), f32x4.splat(qd0));
+    return f32x4.convert_i32x4_s(i32x4.sub(q, i32x4.splat(8)));
   }
   if (isQ4_K<F>()) {
     const b = u8x4(blk + 16 + (<usize>(s >> 1) << 5) + (<usize>g << 2));
-    const q = (s & 1) ? i32x4.shr_u(b, 4) : v128.and(b, i32x4.splat(15));
-    return f32x4.sub(f32x4.mul(f32x4.convert_i32x4_s(q), f32x4.splat(qd0)), f32x4.splat(qm));
+    return f32x4.convert_i32x4_s((s & 1) ? i32x4.shr_u(b, 4) : v128.and(b, i32x4.splat(15)));
   }
   const h = s >> 2, qq = s & 3;
   const lo = u8x4(blk + (<usize>h << 6) + (<usize>(qq & 1) << 5) + (<usize>g << 2));
   const hi = u8x4(blk + 128 + (<usize>h << 5) + (<usize>g << 2));
   const l4 = qq >= 2 ? i32x4.shr_u(lo, 4) : v128.and(lo, i32x4.splat(15));
   const h2 = v128.and(i32x4.shr_u(hi, 2 * qq), i32x4.splat(3));
-  const q = i32x4.sub(v128.or(l4, i32x4.shl(h2, 4)), i32x4.splat(32));
-  return f32x4.mul(f32x4.convert_i32x4_s(q), f32x4.splat(g < 4 ? qd0 : qd1));
+  return f32x4.convert_i32x4_s(i32x4.sub(v128.or(l4, i32x4.shl(h2, 4)), i32x4.splat(32)));
+}
+
+/** Values 4g..4g+3 of sub-block s of the block at blk, decoded (qParams of s must be current). */
+// @ts-ignore: decorator
+@inline function wq<F>(blk: usize, s: i32, g: i32): v128 {
+  const v = f32x4.mul(wcode<F>(blk, s, g), f32x4.splat(g < 4 ? qd0 : qd1));
+  return isQ4_K<F>() ? f32x4.sub(v, f32x4.splat(qm)) : v;
 }
 
 /** Row (whole blocks, k values) · one token. */
@@ -740,6 +997,74 @@ let qd0: f32 = 0, qd1: f32 = 0, qm: f32 = 0;
   store<f32>(out + 3 * osb, hsum(a3));
 }
 
+/** q8_0: Σ of codes 0..3 at p times x0 and codes 4..7 times x1 (one 8-byte widening load for both). */
+// @ts-ignore: decorator
+@inline function q8dot8(p: usize, x0: v128, x1: v128): v128 {
+  const c = v128.load8x8_s(p);
+  return f32x4.add(f32x4.mul(f32x4.convert_i32x4_s(i32x4.extend_low_i16x8_s(c)), x0), f32x4.mul(f32x4.convert_i32x4_s(i32x4.extend_high_i16x8_s(c)), x1));
+}
+
+/**
+ * Four rows (wr, wr + rowBytes, ...; whole blocks, k values) · one token, to out[0..3]: one load
+ * of x serves four rows. Codes are summed against x per half sub-block and the scale applied
+ * once per half (q4_k's min once per sub-block, against Σ x).
+ */
+// @ts-ignore: decorator
+@inline function qdot4r<F>(x: usize, wr: usize, rowBytes: usize, k: i32, out: usize): void {
+  const nb = k / qValues<F>(), subs = qValues<F>() >> 5;
+  const w1 = wr + rowBytes, w2 = w1 + rowBytes, w3 = w2 + rowBytes;
+  let t0 = f32x4.splat(0), t1 = f32x4.splat(0), t2 = f32x4.splat(0), t3 = f32x4.splat(0);
+  for (let b = 0; b < nb; b++) {
+    const o = <usize>b * qBytes<F>();
+    for (let s = 0; s < subs; s++) {
+      const xb = fptr(x, b * qValues<F>() + (s << 5));
+      let l0 = f32x4.splat(0), l1 = f32x4.splat(0), l2 = f32x4.splat(0), l3 = f32x4.splat(0);
+      let u0 = f32x4.splat(0), u1 = f32x4.splat(0), u2 = f32x4.splat(0), u3 = f32x4.splat(0);
+      let xs = f32x4.splat(0);
+      if (isQ8_0<F>()) {
+        // Eight codes per widening load; both halves share the block scale.
+        for (let g = 0; g < 8; g += 2) {
+          const x0 = v128.load(xb + (<usize>g << 4)), x1 = v128.load(xb + (<usize>g << 4), 16);
+          const c = o + 2 + (<usize>g << 2);
+          l0 = f32x4.add(l0, q8dot8(wr + c, x0, x1));
+          l1 = f32x4.add(l1, q8dot8(w1 + c, x0, x1));
+          l2 = f32x4.add(l2, q8dot8(w2 + c, x0, x1));
+          l3 = f32x4.add(l3, q8dot8(w3 + c, x0, x1));
+        }
+      } else for (let g = 0; g < 4; g++) {
+        const xv = v128.load(xb + (<usize>g << 4));
+        if (isQ4_K<F>()) xs = f32x4.add(xs, xv);
+        l0 = f32x4.add(l0, f32x4.mul(wcode<F>(wr + o, s, g), xv));
+        l1 = f32x4.add(l1, f32x4.mul(wcode<F>(w1 + o, s, g), xv));
+        l2 = f32x4.add(l2, f32x4.mul(wcode<F>(w2 + o, s, g), xv));
+        l3 = f32x4.add(l3, f32x4.mul(wcode<F>(w3 + o, s, g), xv));
+      }
+      if (!isQ8_0<F>()) for (let g = 4; g < 8; g++) {
+        const xv = v128.load(xb + (<usize>g << 4));
+        if (isQ4_K<F>()) xs = f32x4.add(xs, xv);
+        u0 = f32x4.add(u0, f32x4.mul(wcode<F>(wr + o, s, g), xv));
+        u1 = f32x4.add(u1, f32x4.mul(wcode<F>(w1 + o, s, g), xv));
+        u2 = f32x4.add(u2, f32x4.mul(wcode<F>(w2 + o, s, g), xv));
+        u3 = f32x4.add(u3, f32x4.mul(wcode<F>(w3 + o, s, g), xv));
+      }
+      t0 = qscaled<F>(t0, l0, u0, xs, wr + o, s);
+      t1 = qscaled<F>(t1, l1, u1, xs, w1 + o, s);
+      t2 = qscaled<F>(t2, l2, u2, xs, w2 + o, s);
+      t3 = qscaled<F>(t3, l3, u3, xs, w3 + o, s);
+    }
+  }
+  v128.store(out, fhsum4(t0, t1, t2, t3));
+}
+
+/** t + the scaled code sums of sub-block s of the block at blk: lo (first 16 values), hi, and Σ x for q4_k's min. */
+// @ts-ignore: decorator
+@inline function qscaled<F>(t: v128, lo: v128, hi: v128, xs: v128, blk: usize, s: i32): v128 {
+  qParams<F>(blk, s);
+  if (isFloat<F>() /* q6_k */) return f32x4.add(t, f32x4.add(f32x4.mul(lo, f32x4.splat(qd0)), f32x4.mul(hi, f32x4.splat(qd1))));
+  const v = f32x4.mul(f32x4.add(lo, hi), f32x4.splat(qd0));
+  return f32x4.add(t, isQ4_K<F>() ? f32x4.sub(v, f32x4.mul(xs, f32x4.splat(qm))) : v);
+}
+
 /** matmul (same contract as matmul<F>) for a block-format weight; k is a whole number of blocks. */
 // @ts-ignore: decorator
 @inline function matmulq<F>(x: usize, xs: i32, n: i32, w: usize, k: i32, r0: i32, r1: i32, out: usize, os: i32, part: i32, parts: i32): void {
@@ -774,7 +1099,64 @@ let qd0: f32 = 0, qd1: f32 = 0, qm: f32 = 0;
   }
 }
 
-/** Absorbed MLA (as mla<F>) with kv_b in a block format. */
+/**
+ * Step 1 of mlaq for one token: qa[0..R) = Σ_d q[d] · row_d (rows w + d·rowBytes, d < nope).
+ * A sub-block's 32 columns are summed in registers over the rows, q[d] folded into the row's
+ * sub-block scale (and q4_k's min): no decoded row goes through memory.
+ */
+// @ts-ignore: decorator
+@inline function absorbq<F>(q: usize, w: usize, rowBytes: usize, nope: i32, R: i32, qa: usize): void {
+  const nb = R / qValues<F>(), subs = qValues<F>() >> 5;
+  for (let b = 0; b < nb; b++) {
+    const w0 = w + <usize>b * qBytes<F>();
+    for (let s = 0; s < subs; s++) {
+      let a0 = f32x4.splat(0), a1 = f32x4.splat(0), a2 = f32x4.splat(0), a3 = f32x4.splat(0);
+      let a4 = f32x4.splat(0), a5 = f32x4.splat(0), a6 = f32x4.splat(0), a7 = f32x4.splat(0);
+      let mins: f32 = 0;
+      let blk = w0;
+      for (let d = 0; d < nope; d++, blk += rowBytes) {
+        const qv = load<f32>(fptr(q, d));
+        qParams<F>(blk, s);
+        const d0 = f32x4.splat(qd0 * qv), d1 = f32x4.splat(qd1 * qv);
+        if (isQ4_K<F>()) mins += qm * qv;
+        if (isQ8_0<F>()) {
+          // Eight codes per widening load.
+          const c0 = v128.load8x8_s(blk + 2), c1 = v128.load8x8_s(blk + 10), c2 = v128.load8x8_s(blk + 18), c3 = v128.load8x8_s(blk + 26);
+          a0 = f32x4.add(a0, f32x4.mul(f32x4.convert_i32x4_s(i32x4.extend_low_i16x8_s(c0)), d0));
+          a1 = f32x4.add(a1, f32x4.mul(f32x4.convert_i32x4_s(i32x4.extend_high_i16x8_s(c0)), d0));
+          a2 = f32x4.add(a2, f32x4.mul(f32x4.convert_i32x4_s(i32x4.extend_low_i16x8_s(c1)), d0));
+          a3 = f32x4.add(a3, f32x4.mul(f32x4.convert_i32x4_s(i32x4.extend_high_i16x8_s(c1)), d0));
+          a4 = f32x4.add(a4, f32x4.mul(f32x4.convert_i32x4_s(i32x4.extend_low_i16x8_s(c2)), d0));
+          a5 = f32x4.add(a5, f32x4.mul(f32x4.convert_i32x4_s(i32x4.extend_high_i16x8_s(c2)), d0));
+          a6 = f32x4.add(a6, f32x4.mul(f32x4.convert_i32x4_s(i32x4.extend_low_i16x8_s(c3)), d0));
+          a7 = f32x4.add(a7, f32x4.mul(f32x4.convert_i32x4_s(i32x4.extend_high_i16x8_s(c3)), d0));
+          continue;
+        }
+        a0 = f32x4.add(a0, f32x4.mul(wcode<F>(blk, s, 0), d0));
+        a1 = f32x4.add(a1, f32x4.mul(wcode<F>(blk, s, 1), d0));
+        a2 = f32x4.add(a2, f32x4.mul(wcode<F>(blk, s, 2), d0));
+        a3 = f32x4.add(a3, f32x4.mul(wcode<F>(blk, s, 3), d0));
+        a4 = f32x4.add(a4, f32x4.mul(wcode<F>(blk, s, 4), d1));
+        a5 = f32x4.add(a5, f32x4.mul(wcode<F>(blk, s, 5), d1));
+        a6 = f32x4.add(a6, f32x4.mul(wcode<F>(blk, s, 6), d1));
+        a7 = f32x4.add(a7, f32x4.mul(wcode<F>(blk, s, 7), d1));
+      }
+      const m = f32x4.splat(mins);
+      const o = fptr(qa, b * qValues<F>() + (s << 5));
+      v128.store(o, f32x4.sub(a0, m)); v128.store(o, f32x4.sub(a1, m), 16);
+      v128.store(o, f32x4.sub(a2, m), 32); v128.store(o, f32x4.sub(a3, m), 48);
+      v128.store(o, f32x4.sub(a4, m), 64); v128.store(o, f32x4.sub(a5, m), 80);
+      v128.store(o, f32x4.sub(a6, m), 96); v128.store(o, f32x4.sub(a7, m), 112);
+    }
+  }
+}
+
+/**
+ * Absorbed MLA (as mla<F>) with kv_b in a block format. For fewer than FEW_TOKENS tokens
+ * (decode), step 1 sums W_UK per token in registers (absorbq) and step 3 takes four W_UV rows
+ * per load of lat (qdot4r), both applying each sub-block's scale once; for more, a decoded
+ * W_UK row serves every token and step 3 is matmulq (one decoded weight, four tokens).
+ */
 // @ts-ignore: decorator
 @inline function mlaq<F>(q: usize, n: i32, H: i32, nope: i32, rope: i32, vDim: i32, R: i32, scale: f32,
   kvb: usize, cache: usize, W: i32, B: i32, tok: usize, maxLen: i32,
@@ -782,41 +1164,40 @@ let qd0: f32 = 0, qd1: f32 = 0, qm: f32 = 0;
   const h0 = shareLo(0, H, 1, part, parts), h1 = shareHi(0, H, 1, part, parts);
   if (h0 >= h1) return;
   const qs = nope + rope, qCols = H * qs, hs = nope + vDim;
-  const rowBytes = <usize>W << 2;
+  const qRow = <usize>(R / qValues<F>()) * qBytes<F>();
   for (let h = h0; h < h1; h++) {
-    for (let i = 0; i < n; i++) zero(fptr(qAbs, (i * H + h) * R), R);
+    for (let i = 0; i < n; i++) memory.copy(fptr(qAbs, (i * H + h) * W + R), fptr(q, i * qCols + h * qs + nope), <usize>rope << 2);
+    if (n < FEW_TOKENS) {
+      for (let i = 0; i < n; i++) absorbq<F>(fptr(q, i * qCols + h * qs), kvb + <usize>(h * hs) * qRow, qRow, nope, R, fptr(qAbs, (i * H + h) * W));
+      continue;
+    }
+    for (let i = 0; i < n; i++) zero(fptr(qAbs, (i * H + h) * W), R);
     const tmp = fptr(rowTmp, h * R);
     for (let d = 0; d < nope; d++) {
       decodeRowq<F>(kvb, h * hs + d, R, tmp);
       for (let i = 0; i < n; i++) {
         const qv = load<f32>(fptr(q, i * qCols + h * qs + d));
-        if (qv != 0) axpy(fptr(qAbs, (i * H + h) * R), qv, tmp, R);
+        if (qv != 0) axpy(fptr(qAbs, (i * H + h) * W), qv, tmp, R);
       }
     }
   }
   for (let i = 0; i < n; i++) {
     const len = load<i32>(tok + (<usize>i << 3)) + 1;
     const table = <usize>load<u32>(tok + (<usize>i << 3) + 4);
-    for (let p = 0; p < len; p++) {
-      const slot = load<i32>(table + (<usize>(p / B) << 2)) * B + (p % B);
-      const row = cache + <usize>slot * rowBytes;
-      for (let h = h0; h < h1; h++) {
-        const s = dot(fptr(qAbs, (i * H + h) * R), row, R) + dot(fptr(q, i * qCols + h * qs + nope), fptr(row, R), rope);
-        store<f32>(fptr(scores, h * maxLen + p), s * scale);
-      }
-    }
-    for (let h = h0; h < h1; h++) {
-      softmax(fptr(scores, h * maxLen), len);
-      zero(fptr(lat, (i * H + h) * R), R);
-    }
-    for (let p = 0; p < len; p++) {
-      const slot = load<i32>(table + (<usize>(p / B) << 2)) * B + (p % B);
-      const row = cache + <usize>slot * rowBytes;
-      for (let h = h0; h < h1; h++) axpy(fptr(lat, (i * H + h) * R), load<f32>(fptr(scores, h * maxLen + p)), row, R);
-    }
+    mlaAttend(fptr(qAbs, i * H * W), len, table, cache, W, B, R, scale, scores, maxLen, fptr(lat, i * H * R), h0, h1);
   }
   for (let h = h0; h < h1; h++) {
-    matmulq<F>(fptr(lat, h * R), H * R, n, kvb, R, h * hs + nope, h * hs + nope + vDim, fptr(out, h * vDim), H * vDim, 0, 1);
+    const r0 = h * hs + nope;
+    if (n >= FEW_TOKENS) {
+      matmulq<F>(fptr(lat, h * R), H * R, n, kvb, R, r0, r0 + vDim, fptr(out, h * vDim), H * vDim, 0, 1);
+      continue;
+    }
+    for (let i = 0; i < n; i++) {
+      const x = fptr(lat, (i * H + h) * R), o = fptr(out, i * H * vDim + h * vDim);
+      let v = 0;
+      for (; v + 4 <= vDim; v += 4) qdot4r<F>(x, kvb + <usize>(r0 + v) * qRow, qRow, R, fptr(o, v));
+      for (; v < vDim; v++) store<f32>(fptr(o, v), qdot1<F>(x, kvb + <usize>(r0 + v) * qRow, R));
+    }
   }
 }
 

@@ -579,7 +579,7 @@ export class SimdCpuBackend extends CpuBackend {
         tokV[2 * i] = batch.positions[i];
         tokV[2 * i + 1] = tp | 0;
       }
-      const qAbs = this.temp(shard, n * H * R * 4);
+      const qAbs = this.temp(shard, n * H * (R + P) * 4); // per token and head: absorbed query | rope query
       const lat = this.temp(shard, n * H * R * 4);
       const scores = this.temp(shard, H * maxLen * 4);
       const rowTmp = this.temp(shard, H * R * 4);
