@@ -26,8 +26,10 @@ export interface BenchResult {
   decodeTokPerS: number;
   peakRssBytes: number;
   loadMs: number;
-  /** Threads that actually ran the kernels (CPU backends; fewer than asked if a worker failed to start). */
+  /** CPU backends: the threads that actually ran the kernels, and the threads the backend was
+   * created with (more than ran if a worker thread failed to start). */
   threads?: number;
+  threadsWanted?: number;
 }
 
 /** Seeded token ids in [lo, hi). */
@@ -57,9 +59,9 @@ export async function runBench(o: BenchOptions): Promise<BenchResult> {
     let r = await gen.next();
     while (!r.done) r = await gen.next();
     const s = r.value;
-    const active = (engine.backend as { activeThreads?: number }).activeThreads;
+    const cpu = engine.backend as { activeThreads?: number; threads?: number };
     return {
-      ...(active !== undefined ? { threads: active } : {}),
+      ...(cpu.activeThreads !== undefined ? { threads: cpu.activeThreads, threadsWanted: cpu.threads } : {}),
       device: engine.backend.info.name,
       promptTokens: s.promptTokens,
       genTokens: s.completionTokens,
@@ -90,8 +92,8 @@ export function registerBench(program: Command, print: (text: string) => void = 
       if (o.genTokens < 2) throw new UserError('needs at least 2 generated tokens to time decoding', '--gen-tokens');
       const r = await runBench(o);
       const mib = (b: number) => (b / 1048576).toFixed(0);
-      if (o.threads !== undefined && r.threads !== undefined && r.threads < o.threads) {
-        process.stderr.write(`shoal: warning: only ${r.threads} of ${o.threads} threads ran (a worker thread failed to start)\n`);
+      if (r.threads !== undefined && r.threadsWanted !== undefined && r.threads < r.threadsWanted) {
+        process.stderr.write(`shoal: warning: only ${r.threads} of ${r.threadsWanted} threads ran (a worker thread failed to start)\n`);
       }
       print(
         `device: ${r.device}\n` +
