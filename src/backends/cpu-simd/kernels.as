@@ -603,6 +603,16 @@ function mlaAttend(qa: usize, len: i32, table: usize, cache: usize, W: i32, B: i
   }
 }
 
+/** mlaAttend for each of n tokens (tok: per token its position and block table; qAbs [n, H, W], lat [n, H, R]). */
+function mlaAttendTokens(n: i32, H: i32, tok: usize, qAbs: usize, cache: usize, W: i32, B: i32, R: i32, scale: f32,
+  scores: usize, maxLen: i32, lat: usize, h0: i32, h1: i32): void {
+  for (let i = 0; i < n; i++) {
+    const len = load<i32>(tok + (<usize>i << 3)) + 1;
+    const table = <usize>load<u32>(tok + (<usize>i << 3) + 4);
+    mlaAttend(fptr(qAbs, i * H * W), len, table, cache, W, B, R, scale, scores, maxLen, fptr(lat, i * H * R), h0, h1);
+  }
+}
+
 /**
  * Step 1 of mla for one token: qa[0..R) = Σ_d q[d] · row r0 + d of w [*, R] (format F), d < nope.
  * 32 columns at a time are summed in registers over the rows, q[d] and the row's fp8 block scale
@@ -709,11 +719,7 @@ function mlaAttend(qa: usize, len: i32, table: usize, cache: usize, W: i32, B: i
   }
 
   // 2. Scores, softmax and the weighted sum of latents, token by token.
-  for (let i = 0; i < n; i++) {
-    const len = load<i32>(tok + (<usize>i << 3)) + 1;
-    const table = <usize>load<u32>(tok + (<usize>i << 3) + 4);
-    mlaAttend(fptr(qAbs, i * H * W), len, table, cache, W, B, R, scale, scores, maxLen, fptr(lat, i * H * R), h0, h1);
-  }
+  mlaAttendTokens(n, H, tok, qAbs, cache, W, B, R, scale, scores, maxLen, lat, h0, h1);
 
   // 3. Up-project with W_UV: rows h·hs + nope .. + vDim of kv_b.
   for (let h = h0; h < h1; h++) {
@@ -1181,11 +1187,7 @@ let qd0: f32 = 0, qd1: f32 = 0, qm: f32 = 0;
       }
     }
   }
-  for (let i = 0; i < n; i++) {
-    const len = load<i32>(tok + (<usize>i << 3)) + 1;
-    const table = <usize>load<u32>(tok + (<usize>i << 3) + 4);
-    mlaAttend(fptr(qAbs, i * H * W), len, table, cache, W, B, R, scale, scores, maxLen, fptr(lat, i * H * R), h0, h1);
-  }
+  mlaAttendTokens(n, H, tok, qAbs, cache, W, B, R, scale, scores, maxLen, lat, h0, h1);
   for (let h = h0; h < h1; h++) {
     const r0 = h * hs + nope;
     if (n >= FEW_TOKENS) {
