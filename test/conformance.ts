@@ -467,7 +467,7 @@ export function backendConformance(label: string, make: () => Backend | Promise<
       const shapes: [number, number, number][] = [[1, 7, 5], [3, 130, 129], [17, 33, 257], [1, 300, 260], [5, 1, 300], [2, 257, 33], [1, 9, 64]];
       // Block formats: k a whole number of blocks (32 or 256 values).
       const blockShapes = (per: number): [number, number, number][] =>
-        per === 32 ? [[1, 7, 32], [3, 130, 96], [17, 33, 256], [1, 300, 512], [5, 1, 64]] : [[1, 7, 256], [3, 130, 512], [17, 33, 256], [2, 257, 768], [5, 1, 256]];
+        per === 32 ? [[1, 7, 32], [3, 130, 96], [17, 33, 256], [1, 300, 512], [5, 1, 64], [38, 35, 64]] : [[1, 7, 256], [3, 130, 512], [17, 33, 256], [2, 257, 768], [5, 1, 256], [38, 35, 256]];
       for (const f of ALL_FORMATS) {
         for (const [n, m, k] of blockValues(f.format) > 1 ? blockShapes(blockValues(f.format)) : shapes) {
           const name = `${formatName(f)} x[${n}, ${k}] · w[${m}, ${k}]^T`;

@@ -1252,6 +1252,9 @@ export function mla_q6_k(q: usize, n: i32, H: i32, nope: i32, rope: i32, vDim: i
  * when sums != 0, the code sums of every 32 values as int16 at sums[i, c / 32]. For n < 4
  * (decode) the codes again follow ([n, k] int16 at codes + 2·n·k) for idot1q8: each 16 values
  * as the 8 even-indexed codes, then the 8 odd-indexed ones times 256 (|256 · code| <= 2^15).
+ * For n >= 4 the matmul kernels read codes and sums of n rounded up to 8 rows, and four scales
+ * past the last: the caller allocates them (the padding is left as it is; no result of it is
+ * ever stored, and SIMD lanes keep it apart from the real tokens).
  * This part quantizes its share of the rows.
  */
 export function quantize_q8(x: usize, xs: i32, n: i32, k: i32, bl: i32, codes: usize, scales: usize, sums: usize, part: i32, parts: i32): void {
@@ -1379,14 +1382,36 @@ export function quantize_q8(x: usize, xs: i32, n: i32, k: i32, bl: i32, codes: u
   return half(<u32>load<u16>(isFloat<F>() /* q6_k */ ? blk + 208 : blk));
 }
 
+/** Results of tokens 0..cnt-1 (lanes of a, then b) to out + t·osb: the rest is padding. */
+// @ts-ignore: decorator
+@inline function store8(out: usize, osb: usize, a: v128, b: v128, cnt: i32): void {
+  store<f32>(out, f32x4.extract_lane(a, 0));
+  if (cnt > 1) store<f32>(out + osb, f32x4.extract_lane(a, 1));
+  if (cnt > 2) store<f32>(out + 2 * osb, f32x4.extract_lane(a, 2));
+  if (cnt > 3) store<f32>(out + 3 * osb, f32x4.extract_lane(a, 3));
+  if (cnt > 4) store<f32>(out + 4 * osb, f32x4.extract_lane(b, 0));
+  if (cnt > 5) store<f32>(out + 5 * osb, f32x4.extract_lane(b, 1));
+  if (cnt > 6) store<f32>(out + 6 * osb, f32x4.extract_lane(b, 2));
+  if (cnt > 7) store<f32>(out + 7 * osb, f32x4.extract_lane(b, 3));
+}
+
+// Per-thread (per-instance) accumulators of idot8. Writing each token's sum to one orders the
+// code token by token: TurboFan keeps a block's loads in program order but computes pure values
+// as late as possible, so with register accumulators all 32 activation loads of a block came
+// first and most were spilled to the stack and reloaded.
+let ia0: v128 = i32x4.splat(0), ia1: v128 = i32x4.splat(0), ia2: v128 = i32x4.splat(0), ia3: v128 = i32x4.splat(0);
+let ia4: v128 = i32x4.splat(0), ia5: v128 = i32x4.splat(0), ia6: v128 = i32x4.splat(0), ia7: v128 = i32x4.splat(0);
+
 /**
  * Row wr (whole blocks, k values) · tokens i..i+3 (int16 codes at xc, row stride k; scales as
  * quantize_q8 writes them, np per block; q4_k's code sums at sums): results to out + t·osb.
  * Each sub-block's weights are unpacked once for the four tokens; the four integer block sums
- * are reduced together (hsum4) and scaled in one f32x4 operation.
+ * are reduced together (hsum4) and scaled in one f32x4 operation. Only the first cnt results
+ * are stored: the tokens past n of the last group are the padding quantize_q8's callers
+ * allocate (never stored, and SIMD lanes keep them apart from the real tokens).
  */
 // @ts-ignore: decorator
-@inline function idot4<F>(xc: usize, sc: usize, sums: usize, np: i32, i: i32, wr: usize, k: i32, out: usize, osb: usize): void {
+@inline function idot4<F>(xc: usize, sc: usize, sums: usize, np: i32, i: i32, wr: usize, k: i32, out: usize, osb: usize, cnt: i32): void {
   const nb = k / qValues<F>(), subs = qValues<F>() >> 5;
   const xsb = <usize>k << 1, ssb = <usize>(k >> 5) << 1;
   const x0 = xc + <usize>i * xsb, x1 = x0 + xsb, x2 = x1 + xsb, x3 = x2 + xsb;
@@ -1394,25 +1419,24 @@ export function quantize_q8(x: usize, xs: i32, n: i32, k: i32, bl: i32, codes: u
   for (let b = 0; b < nb; b++) {
     const blk = wr + <usize>b * qBytes<F>();
     // Sub-block 0 starts the sums (no zero vectors to add to: q8_0/q4_0 have no other).
-    let a0: v128, a1: v128, a2: v128, a3: v128;
     {
       const sc0 = i16x8.splat(<i16>isub0<F>(blk, 0)), sc1 = i16x8.splat(<i16>isub1<F>(blk, 0));
       const w0 = iw<F>(blk, 0, 0, sc0, sc1), w1 = iw<F>(blk, 0, 1, sc0, sc1), w2 = iw<F>(blk, 0, 2, sc0, sc1), w3 = iw<F>(blk, 0, 3, sc0, sc1);
       const o = (<usize>(b * qValues<F>())) << 1;
-      a0 = idot32(w0, w1, w2, w3, x0 + o); a1 = idot32(w0, w1, w2, w3, x1 + o);
-      a2 = idot32(w0, w1, w2, w3, x2 + o); a3 = idot32(w0, w1, w2, w3, x3 + o);
+      ia0 = idot32(w0, w1, w2, w3, x0 + o); ia1 = idot32(w0, w1, w2, w3, x1 + o);
+      ia2 = idot32(w0, w1, w2, w3, x2 + o); ia3 = idot32(w0, w1, w2, w3, x3 + o);
     }
     for (let s = 1; s < subs; s++) {
       const sc0 = i16x8.splat(<i16>isub0<F>(blk, s)), sc1 = i16x8.splat(<i16>isub1<F>(blk, s));
       const w0 = iw<F>(blk, s, 0, sc0, sc1), w1 = iw<F>(blk, s, 1, sc0, sc1), w2 = iw<F>(blk, s, 2, sc0, sc1), w3 = iw<F>(blk, s, 3, sc0, sc1);
       const o = (<usize>(b * qValues<F>() + (s << 5))) << 1;
-      a0 = i32x4.add(a0, idot32(w0, w1, w2, w3, x0 + o));
-      a1 = i32x4.add(a1, idot32(w0, w1, w2, w3, x1 + o));
-      a2 = i32x4.add(a2, idot32(w0, w1, w2, w3, x2 + o));
-      a3 = i32x4.add(a3, idot32(w0, w1, w2, w3, x3 + o));
+      ia0 = i32x4.add(ia0, idot32(w0, w1, w2, w3, x0 + o));
+      ia1 = i32x4.add(ia1, idot32(w0, w1, w2, w3, x1 + o));
+      ia2 = i32x4.add(ia2, idot32(w0, w1, w2, w3, x2 + o));
+      ia3 = i32x4.add(ia3, idot32(w0, w1, w2, w3, x3 + o));
     }
     const dx = v128.load(fptr(sc, b * np + i));
-    let v = f32x4.mul(f32x4.convert_i32x4_s(hsum4(a0, a1, a2, a3)), f32x4.splat(dScale<F>(blk)));
+    let v = f32x4.mul(f32x4.convert_i32x4_s(hsum4(ia0, ia1, ia2, ia3)), f32x4.splat(dScale<F>(blk)));
     if (isQ4_K<F>()) {
       const m = imins(blk);
       const sp = sums + (<usize>i * ssb) + (<usize>b << 4);
@@ -1423,47 +1447,45 @@ export function quantize_q8(x: usize, xs: i32, n: i32, k: i32, bl: i32, codes: u
     acc = f32x4.add(acc, f32x4.mul(v, dx));
   }
   store<f32>(out, f32x4.extract_lane(acc, 0));
-  store<f32>(out + osb, f32x4.extract_lane(acc, 1));
-  store<f32>(out + 2 * osb, f32x4.extract_lane(acc, 2));
-  store<f32>(out + 3 * osb, f32x4.extract_lane(acc, 3));
+  if (cnt > 1) store<f32>(out + osb, f32x4.extract_lane(acc, 1));
+  if (cnt > 2) store<f32>(out + 2 * osb, f32x4.extract_lane(acc, 2));
+  if (cnt > 3) store<f32>(out + 3 * osb, f32x4.extract_lane(acc, 3));
 }
 
 /** Row wr · tokens i..i+7: idot4 for eight tokens (each unpacked weight serves eight). */
 // @ts-ignore: decorator
-@inline function idot8<F>(xc: usize, sc: usize, sums: usize, np: i32, i: i32, wr: usize, k: i32, out: usize, osb: usize): void {
+@inline function idot8<F>(xc: usize, sc: usize, sums: usize, np: i32, i: i32, wr: usize, k: i32, out: usize, osb: usize, cnt: i32): void {
   const nb = k / qValues<F>(), subs = qValues<F>() >> 5;
   const xsb = <usize>k << 1, ssb = <usize>(k >> 5) << 1;
   const x0 = xc + <usize>i * xsb;
   let accA = f32x4.splat(0), accB = f32x4.splat(0);
   for (let b = 0; b < nb; b++) {
     const blk = wr + <usize>b * qBytes<F>();
-    // Sub-block 0 starts the sums (no zero vectors to add to: q8_0/q4_0 have no other).
-    let a0: v128, a1: v128, a2: v128, a3: v128, a4: v128, a5: v128, a6: v128, a7: v128;
     {
       const sc0 = i16x8.splat(<i16>isub0<F>(blk, 0)), sc1 = i16x8.splat(<i16>isub1<F>(blk, 0));
       const w0 = iw<F>(blk, 0, 0, sc0, sc1), w1 = iw<F>(blk, 0, 1, sc0, sc1), w2 = iw<F>(blk, 0, 2, sc0, sc1), w3 = iw<F>(blk, 0, 3, sc0, sc1);
       const o = x0 + ((<usize>(b * qValues<F>())) << 1);
-      a0 = idot32(w0, w1, w2, w3, o); a1 = idot32(w0, w1, w2, w3, o + xsb);
-      a2 = idot32(w0, w1, w2, w3, o + 2 * xsb); a3 = idot32(w0, w1, w2, w3, o + 3 * xsb);
-      a4 = idot32(w0, w1, w2, w3, o + 4 * xsb); a5 = idot32(w0, w1, w2, w3, o + 5 * xsb);
-      a6 = idot32(w0, w1, w2, w3, o + 6 * xsb); a7 = idot32(w0, w1, w2, w3, o + 7 * xsb);
+      ia0 = idot32(w0, w1, w2, w3, o); ia1 = idot32(w0, w1, w2, w3, o + xsb);
+      ia2 = idot32(w0, w1, w2, w3, o + 2 * xsb); ia3 = idot32(w0, w1, w2, w3, o + 3 * xsb);
+      ia4 = idot32(w0, w1, w2, w3, o + 4 * xsb); ia5 = idot32(w0, w1, w2, w3, o + 5 * xsb);
+      ia6 = idot32(w0, w1, w2, w3, o + 6 * xsb); ia7 = idot32(w0, w1, w2, w3, o + 7 * xsb);
     }
     for (let s = 1; s < subs; s++) {
       const sc0 = i16x8.splat(<i16>isub0<F>(blk, s)), sc1 = i16x8.splat(<i16>isub1<F>(blk, s));
       const w0 = iw<F>(blk, s, 0, sc0, sc1), w1 = iw<F>(blk, s, 1, sc0, sc1), w2 = iw<F>(blk, s, 2, sc0, sc1), w3 = iw<F>(blk, s, 3, sc0, sc1);
       const o = x0 + ((<usize>(b * qValues<F>() + (s << 5))) << 1);
-      a0 = i32x4.add(a0, idot32(w0, w1, w2, w3, o));
-      a1 = i32x4.add(a1, idot32(w0, w1, w2, w3, o + xsb));
-      a2 = i32x4.add(a2, idot32(w0, w1, w2, w3, o + 2 * xsb));
-      a3 = i32x4.add(a3, idot32(w0, w1, w2, w3, o + 3 * xsb));
-      a4 = i32x4.add(a4, idot32(w0, w1, w2, w3, o + 4 * xsb));
-      a5 = i32x4.add(a5, idot32(w0, w1, w2, w3, o + 5 * xsb));
-      a6 = i32x4.add(a6, idot32(w0, w1, w2, w3, o + 6 * xsb));
-      a7 = i32x4.add(a7, idot32(w0, w1, w2, w3, o + 7 * xsb));
+      ia0 = i32x4.add(ia0, idot32(w0, w1, w2, w3, o));
+      ia1 = i32x4.add(ia1, idot32(w0, w1, w2, w3, o + xsb));
+      ia2 = i32x4.add(ia2, idot32(w0, w1, w2, w3, o + 2 * xsb));
+      ia3 = i32x4.add(ia3, idot32(w0, w1, w2, w3, o + 3 * xsb));
+      ia4 = i32x4.add(ia4, idot32(w0, w1, w2, w3, o + 4 * xsb));
+      ia5 = i32x4.add(ia5, idot32(w0, w1, w2, w3, o + 5 * xsb));
+      ia6 = i32x4.add(ia6, idot32(w0, w1, w2, w3, o + 6 * xsb));
+      ia7 = i32x4.add(ia7, idot32(w0, w1, w2, w3, o + 7 * xsb));
     }
     const d = f32x4.splat(dScale<F>(blk));
-    let vA = f32x4.mul(f32x4.convert_i32x4_s(hsum4(a0, a1, a2, a3)), d);
-    let vB = f32x4.mul(f32x4.convert_i32x4_s(hsum4(a4, a5, a6, a7)), d);
+    let vA = f32x4.mul(f32x4.convert_i32x4_s(hsum4(ia0, ia1, ia2, ia3)), d);
+    let vB = f32x4.mul(f32x4.convert_i32x4_s(hsum4(ia4, ia5, ia6, ia7)), d);
     if (isQ4_K<F>()) {
       const m = imins(blk), dmin = f32x4.splat(half(<u32>load<u16>(blk + 2)));
       const sp = sums + (<usize>i * ssb) + (<usize>b << 4);
@@ -1477,14 +1499,103 @@ export function quantize_q8(x: usize, xs: i32, n: i32, k: i32, bl: i32, codes: u
     accA = f32x4.add(accA, f32x4.mul(vA, v128.load(fptr(sc, b * np + i))));
     accB = f32x4.add(accB, f32x4.mul(vB, v128.load(fptr(sc, b * np + i + 4))));
   }
-  store<f32>(out, f32x4.extract_lane(accA, 0));
-  store<f32>(out + osb, f32x4.extract_lane(accA, 1));
-  store<f32>(out + 2 * osb, f32x4.extract_lane(accA, 2));
-  store<f32>(out + 3 * osb, f32x4.extract_lane(accA, 3));
-  store<f32>(out + 4 * osb, f32x4.extract_lane(accB, 0));
-  store<f32>(out + 5 * osb, f32x4.extract_lane(accB, 1));
-  store<f32>(out + 6 * osb, f32x4.extract_lane(accB, 2));
-  store<f32>(out + 7 * osb, f32x4.extract_lane(accB, 3));
+  store8(out, osb, accA, accB, cnt);
+}
+
+let ib0: v128 = i32x4.splat(0), ib1: v128 = i32x4.splat(0), ib2: v128 = i32x4.splat(0), ib3: v128 = i32x4.splat(0);
+let ib4: v128 = i32x4.splat(0), ib5: v128 = i32x4.splat(0), ib6: v128 = i32x4.splat(0), ib7: v128 = i32x4.splat(0);
+
+/** Rows wr and wr + rowBytes · tokens i..i+7: idot8 for two rows, each activation load serving both. */
+// @ts-ignore: decorator
+@inline function idot8x2<F>(xc: usize, sc: usize, sums: usize, np: i32, i: i32, wr: usize, rowBytes: usize, k: i32, out: usize, osb: usize, cnt: i32): void {
+  const nb = k / qValues<F>(), subs = qValues<F>() >> 5;
+  const xsb = <usize>k << 1, ssb = <usize>(k >> 5) << 1;
+  const x0 = xc + <usize>i * xsb;
+  let accA = f32x4.splat(0), accB = f32x4.splat(0), accC = f32x4.splat(0), accD = f32x4.splat(0);
+  for (let b = 0; b < nb; b++) {
+    const blk = wr + <usize>b * qBytes<F>(), blk2 = blk + rowBytes;
+    for (let s = 0; s < subs; s++) {
+      const sc0 = i16x8.splat(<i16>isub0<F>(blk, s)), sc1 = i16x8.splat(<i16>isub1<F>(blk, s));
+      const w0 = iw<F>(blk, s, 0, sc0, sc1), w1 = iw<F>(blk, s, 1, sc0, sc1), w2 = iw<F>(blk, s, 2, sc0, sc1), w3 = iw<F>(blk, s, 3, sc0, sc1);
+      const tc0 = i16x8.splat(<i16>isub0<F>(blk2, s)), tc1 = i16x8.splat(<i16>isub1<F>(blk2, s));
+      const v0 = iw<F>(blk2, s, 0, tc0, tc1), v1 = iw<F>(blk2, s, 1, tc0, tc1), v2 = iw<F>(blk2, s, 2, tc0, tc1), v3 = iw<F>(blk2, s, 3, tc0, tc1);
+      const o = x0 + ((<usize>(b * qValues<F>() + (s << 5))) << 1);
+      if (s == 0) {
+        let p = o;
+        let y0 = v128.load(p), y1 = v128.load(p, 16), y2 = v128.load(p, 32), y3 = v128.load(p, 48);
+        ia0 = dot32(w0, w1, w2, w3, y0, y1, y2, y3); ib0 = dot32(v0, v1, v2, v3, y0, y1, y2, y3); p += xsb;
+        y0 = v128.load(p); y1 = v128.load(p, 16); y2 = v128.load(p, 32); y3 = v128.load(p, 48);
+        ia1 = dot32(w0, w1, w2, w3, y0, y1, y2, y3); ib1 = dot32(v0, v1, v2, v3, y0, y1, y2, y3); p += xsb;
+        y0 = v128.load(p); y1 = v128.load(p, 16); y2 = v128.load(p, 32); y3 = v128.load(p, 48);
+        ia2 = dot32(w0, w1, w2, w3, y0, y1, y2, y3); ib2 = dot32(v0, v1, v2, v3, y0, y1, y2, y3); p += xsb;
+        y0 = v128.load(p); y1 = v128.load(p, 16); y2 = v128.load(p, 32); y3 = v128.load(p, 48);
+        ia3 = dot32(w0, w1, w2, w3, y0, y1, y2, y3); ib3 = dot32(v0, v1, v2, v3, y0, y1, y2, y3); p += xsb;
+        y0 = v128.load(p); y1 = v128.load(p, 16); y2 = v128.load(p, 32); y3 = v128.load(p, 48);
+        ia4 = dot32(w0, w1, w2, w3, y0, y1, y2, y3); ib4 = dot32(v0, v1, v2, v3, y0, y1, y2, y3); p += xsb;
+        y0 = v128.load(p); y1 = v128.load(p, 16); y2 = v128.load(p, 32); y3 = v128.load(p, 48);
+        ia5 = dot32(w0, w1, w2, w3, y0, y1, y2, y3); ib5 = dot32(v0, v1, v2, v3, y0, y1, y2, y3); p += xsb;
+        y0 = v128.load(p); y1 = v128.load(p, 16); y2 = v128.load(p, 32); y3 = v128.load(p, 48);
+        ia6 = dot32(w0, w1, w2, w3, y0, y1, y2, y3); ib6 = dot32(v0, v1, v2, v3, y0, y1, y2, y3); p += xsb;
+        y0 = v128.load(p); y1 = v128.load(p, 16); y2 = v128.load(p, 32); y3 = v128.load(p, 48);
+        ia7 = dot32(w0, w1, w2, w3, y0, y1, y2, y3); ib7 = dot32(v0, v1, v2, v3, y0, y1, y2, y3);
+      } else {
+        let p = o;
+        let y0 = v128.load(p), y1 = v128.load(p, 16), y2 = v128.load(p, 32), y3 = v128.load(p, 48);
+        ia0 = i32x4.add(ia0, dot32(w0, w1, w2, w3, y0, y1, y2, y3)); ib0 = i32x4.add(ib0, dot32(v0, v1, v2, v3, y0, y1, y2, y3)); p += xsb;
+        y0 = v128.load(p); y1 = v128.load(p, 16); y2 = v128.load(p, 32); y3 = v128.load(p, 48);
+        ia1 = i32x4.add(ia1, dot32(w0, w1, w2, w3, y0, y1, y2, y3)); ib1 = i32x4.add(ib1, dot32(v0, v1, v2, v3, y0, y1, y2, y3)); p += xsb;
+        y0 = v128.load(p); y1 = v128.load(p, 16); y2 = v128.load(p, 32); y3 = v128.load(p, 48);
+        ia2 = i32x4.add(ia2, dot32(w0, w1, w2, w3, y0, y1, y2, y3)); ib2 = i32x4.add(ib2, dot32(v0, v1, v2, v3, y0, y1, y2, y3)); p += xsb;
+        y0 = v128.load(p); y1 = v128.load(p, 16); y2 = v128.load(p, 32); y3 = v128.load(p, 48);
+        ia3 = i32x4.add(ia3, dot32(w0, w1, w2, w3, y0, y1, y2, y3)); ib3 = i32x4.add(ib3, dot32(v0, v1, v2, v3, y0, y1, y2, y3)); p += xsb;
+        y0 = v128.load(p); y1 = v128.load(p, 16); y2 = v128.load(p, 32); y3 = v128.load(p, 48);
+        ia4 = i32x4.add(ia4, dot32(w0, w1, w2, w3, y0, y1, y2, y3)); ib4 = i32x4.add(ib4, dot32(v0, v1, v2, v3, y0, y1, y2, y3)); p += xsb;
+        y0 = v128.load(p); y1 = v128.load(p, 16); y2 = v128.load(p, 32); y3 = v128.load(p, 48);
+        ia5 = i32x4.add(ia5, dot32(w0, w1, w2, w3, y0, y1, y2, y3)); ib5 = i32x4.add(ib5, dot32(v0, v1, v2, v3, y0, y1, y2, y3)); p += xsb;
+        y0 = v128.load(p); y1 = v128.load(p, 16); y2 = v128.load(p, 32); y3 = v128.load(p, 48);
+        ia6 = i32x4.add(ia6, dot32(w0, w1, w2, w3, y0, y1, y2, y3)); ib6 = i32x4.add(ib6, dot32(v0, v1, v2, v3, y0, y1, y2, y3)); p += xsb;
+        y0 = v128.load(p); y1 = v128.load(p, 16); y2 = v128.load(p, 32); y3 = v128.load(p, 48);
+        ia7 = i32x4.add(ia7, dot32(w0, w1, w2, w3, y0, y1, y2, y3)); ib7 = i32x4.add(ib7, dot32(v0, v1, v2, v3, y0, y1, y2, y3));
+      }
+    }
+    const dxA = v128.load(fptr(sc, b * np + i)), dxB = v128.load(fptr(sc, b * np + i + 4));
+    {
+      const d = f32x4.splat(dScale<F>(blk));
+      let vA = f32x4.mul(f32x4.convert_i32x4_s(hsum4(ia0, ia1, ia2, ia3)), d);
+      let vB = f32x4.mul(f32x4.convert_i32x4_s(hsum4(ia4, ia5, ia6, ia7)), d);
+      if (isQ4_K<F>()) {
+        const m = imins(blk), dmin = f32x4.splat(half(<u32>load<u16>(blk + 2)));
+        const sp = sums + (<usize>i * ssb) + (<usize>b << 4);
+        const mA = hsum4(i32x4.dot_i16x8_s(m, v128.load(sp)), i32x4.dot_i16x8_s(m, v128.load(sp + ssb)),
+          i32x4.dot_i16x8_s(m, v128.load(sp + 2 * ssb)), i32x4.dot_i16x8_s(m, v128.load(sp + 3 * ssb)));
+        const mB = hsum4(i32x4.dot_i16x8_s(m, v128.load(sp + 4 * ssb)), i32x4.dot_i16x8_s(m, v128.load(sp + 5 * ssb)),
+          i32x4.dot_i16x8_s(m, v128.load(sp + 6 * ssb)), i32x4.dot_i16x8_s(m, v128.load(sp + 7 * ssb)));
+        vA = f32x4.sub(vA, f32x4.mul(f32x4.convert_i32x4_s(mA), dmin));
+        vB = f32x4.sub(vB, f32x4.mul(f32x4.convert_i32x4_s(mB), dmin));
+      }
+      accA = f32x4.add(accA, f32x4.mul(vA, dxA));
+      accB = f32x4.add(accB, f32x4.mul(vB, dxB));
+    }
+    {
+      const d = f32x4.splat(dScale<F>(blk2));
+      let vA = f32x4.mul(f32x4.convert_i32x4_s(hsum4(ib0, ib1, ib2, ib3)), d);
+      let vB = f32x4.mul(f32x4.convert_i32x4_s(hsum4(ib4, ib5, ib6, ib7)), d);
+      if (isQ4_K<F>()) {
+        const m = imins(blk2), dmin = f32x4.splat(half(<u32>load<u16>(blk2 + 2)));
+        const sp = sums + (<usize>i * ssb) + (<usize>b << 4);
+        const mA = hsum4(i32x4.dot_i16x8_s(m, v128.load(sp)), i32x4.dot_i16x8_s(m, v128.load(sp + ssb)),
+          i32x4.dot_i16x8_s(m, v128.load(sp + 2 * ssb)), i32x4.dot_i16x8_s(m, v128.load(sp + 3 * ssb)));
+        const mB = hsum4(i32x4.dot_i16x8_s(m, v128.load(sp + 4 * ssb)), i32x4.dot_i16x8_s(m, v128.load(sp + 5 * ssb)),
+          i32x4.dot_i16x8_s(m, v128.load(sp + 6 * ssb)), i32x4.dot_i16x8_s(m, v128.load(sp + 7 * ssb)));
+        vA = f32x4.sub(vA, f32x4.mul(f32x4.convert_i32x4_s(mA), dmin));
+        vB = f32x4.sub(vB, f32x4.mul(f32x4.convert_i32x4_s(mB), dmin));
+      }
+      accC = f32x4.add(accC, f32x4.mul(vA, dxA));
+      accD = f32x4.add(accD, f32x4.mul(vB, dxB));
+    }
+  }
+  store8(out, osb, accA, accB, cnt);
+  store8(out + 4, osb, accC, accD, cnt);
 }
 
 // @ts-ignore: decorator
@@ -1497,49 +1608,6 @@ export function quantize_q8(x: usize, xs: i32, n: i32, k: i32, bl: i32, codes: u
 @inline function isub<F>(blk: usize, s: i32, x0: v128, x1: v128, x2: v128, x3: v128): v128 {
   const sc0 = i16x8.splat(<i16>isub0<F>(blk, s)), sc1 = i16x8.splat(<i16>isub1<F>(blk, s));
   return dot32(iw<F>(blk, s, 0, sc0, sc1), iw<F>(blk, s, 1, sc0, sc1), iw<F>(blk, s, 2, sc0, sc1), iw<F>(blk, s, 3, sc0, sc1), x0, x1, x2, x3);
-}
-
-/**
- * Rows wr + j·rowBytes (j < 4) · token i, results to out[0..3] (one output row): for the tokens
- * left over after the token tiles, and single tokens. Each activation load serves four rows.
- */
-// @ts-ignore: decorator
-@inline function idot4r<F>(xc: usize, sc: usize, sums: usize, np: i32, i: i32, wr: usize, rowBytes: usize, k: i32, out: usize): void {
-  const nb = k / qValues<F>(), subs = qValues<F>() >> 5;
-  const xr = xc + <usize>i * (<usize>k << 1), sr = sums + <usize>i * (<usize>(k >> 5) << 1);
-  let acc = f32x4.splat(0);
-  for (let b = 0; b < nb; b++) {
-    const w0 = wr + <usize>b * qBytes<F>(), w1 = w0 + rowBytes, w2 = w1 + rowBytes, w3 = w2 + rowBytes;
-    let a0: v128, a1: v128, a2: v128, a3: v128;
-    {
-      const o = xr + ((<usize>(b * qValues<F>())) << 1);
-      const x0 = v128.load(o), x1 = v128.load(o, 16), x2 = v128.load(o, 32), x3 = v128.load(o, 48);
-      a0 = isub<F>(w0, 0, x0, x1, x2, x3); a1 = isub<F>(w1, 0, x0, x1, x2, x3);
-      a2 = isub<F>(w2, 0, x0, x1, x2, x3); a3 = isub<F>(w3, 0, x0, x1, x2, x3);
-    }
-    for (let s = 1; s < subs; s++) {
-      const o = xr + ((<usize>(b * qValues<F>() + (s << 5))) << 1);
-      const x0 = v128.load(o), x1 = v128.load(o, 16), x2 = v128.load(o, 32), x3 = v128.load(o, 48);
-      a0 = i32x4.add(a0, isub<F>(w0, s, x0, x1, x2, x3));
-      a1 = i32x4.add(a1, isub<F>(w1, s, x0, x1, x2, x3));
-      a2 = i32x4.add(a2, isub<F>(w2, s, x0, x1, x2, x3));
-      a3 = i32x4.add(a3, isub<F>(w3, s, x0, x1, x2, x3));
-    }
-    let d = f32x4.splat(dScale<F>(w0));
-    d = f32x4.replace_lane(d, 1, dScale<F>(w1)); d = f32x4.replace_lane(d, 2, dScale<F>(w2)); d = f32x4.replace_lane(d, 3, dScale<F>(w3));
-    let v = f32x4.mul(f32x4.convert_i32x4_s(hsum4(a0, a1, a2, a3)), d);
-    if (isQ4_K<F>()) {
-      const xs = v128.load(sr + (<usize>b << 4));
-      const mins = hsum4(i32x4.dot_i16x8_s(imins(w0), xs), i32x4.dot_i16x8_s(imins(w1), xs), i32x4.dot_i16x8_s(imins(w2), xs), i32x4.dot_i16x8_s(imins(w3), xs));
-      let dmin = f32x4.splat(half(<u32>load<u16>(w0 + 2)));
-      dmin = f32x4.replace_lane(dmin, 1, half(<u32>load<u16>(w1 + 2)));
-      dmin = f32x4.replace_lane(dmin, 2, half(<u32>load<u16>(w2 + 2)));
-      dmin = f32x4.replace_lane(dmin, 3, half(<u32>load<u16>(w3 + 2)));
-      v = f32x4.sub(v, f32x4.mul(f32x4.convert_i32x4_s(mins), dmin));
-    }
-    acc = f32x4.add(acc, f32x4.mul(v, f32x4.splat(load<f32>(fptr(sc, b * np + i)))));
-  }
-  v128.store(out, acc);
 }
 
 /**
@@ -1726,23 +1794,35 @@ export function quantize_q8(x: usize, xs: i32, n: i32, k: i32, bl: i32, codes: u
   const np = (n + 3) & ~3, osb = <usize>os << 2;
   for (let p0 = 0; p0 < n; p0 += TOKEN_PANEL) {
     const p1 = min(n, p0 + TOKEN_PANEL);
-    // Token tiles of 8 and 4 row by row; the tokens left over four rows at a time while those
-    // rows are in cache from the tiles. Fewer than four tokens (decode) go row by row: one
-    // linear stream from memory is read about twice as fast as four interleaved ones.
-    const t1 = p0 + ((p1 - p0) & ~3);
+    // Token tiles of 8 (two rows at a time) and 4; the last tile may be partly padding (n >= 4:
+    // eight tokens when more than four are left, else four). Fewer than four tokens (decode) go row by row: one linear stream from
+    // memory is read about twice as fast as four interleaved ones.
+    const t1 = n < 4 ? p0 : p0 + ((p1 - p0 + 3) & ~3);
     for (let r = a; r < b; r += 4) {
       const rn = min(4, b - r);
       const wr = w + <usize>r * rowBytes;
       const orow = out + (<usize>(r - r0) << 2);
-      for (let j = 0; j < rn; j++) {
+      let j = 0;
+      for (; j + 2 <= rn; j += 2) {
         const wj = wr + <usize>j * rowBytes, oj = orow + (<usize>j << 2);
         let i = p0;
-        for (; i + 8 <= t1; i += 8) idot8<F>(xc, sc, sums, np, i, wj, k, oj + <usize>i * osb, osb);
-        for (; i < t1; i += 4) idot4<F>(xc, sc, sums, np, i, wj, k, oj + <usize>i * osb, osb);
+        for (; i + 8 <= p1; i += 8) idot8x2<F>(xc, sc, sums, np, i, wj, rowBytes, k, oj + <usize>i * osb, osb, 8);
+        if (i + 4 < p1) { idot8x2<F>(xc, sc, sums, np, i, wj, rowBytes, k, oj + <usize>i * osb, osb, p1 - i); i += 8; }
+        for (; i < t1; i += 4) {
+          const cnt = min(4, p1 - i);
+          idot4<F>(xc, sc, sums, np, i, wj, k, oj + <usize>i * osb, osb, cnt);
+          idot4<F>(xc, sc, sums, np, i, wj + rowBytes, k, oj + 4 + <usize>i * osb, osb, cnt);
+        }
+      }
+      for (; j < rn; j++) {
+        const wj = wr + <usize>j * rowBytes, oj = orow + (<usize>j << 2);
+        let i = p0;
+        for (; i + 8 <= p1; i += 8) idot8<F>(xc, sc, sums, np, i, wj, k, oj + <usize>i * osb, osb, 8);
+        if (i + 4 < p1) { idot8<F>(xc, sc, sums, np, i, wj, k, oj + <usize>i * osb, osb, p1 - i); i += 8; }
+        for (; i < t1; i += 4) idot4<F>(xc, sc, sums, np, i, wj, k, oj + <usize>i * osb, osb, min(4, p1 - i));
       }
       for (let i = t1; i < p1; i++) {
-        if (rn == 4 && t1 > p0) idot4r<F>(xc, sc, sums, np, i, wr, rowBytes, k, orow + <usize>i * osb);
-        else if (isQ4_K<F>() && n < 4) for (let j = 0; j < rn; j++) store<f32>(orow + <usize>i * osb + (<usize>j << 2), idot1q4k(xc + (<usize>n * <usize>k << 1), sc, sums, np, i, wr + <usize>j * rowBytes, k));
+        if (isQ4_K<F>() && n < 4) for (let j = 0; j < rn; j++) store<f32>(orow + <usize>i * osb + (<usize>j << 2), idot1q4k(xc + (<usize>n * <usize>k << 1), sc, sums, np, i, wr + <usize>j * rowBytes, k));
         else if (isFloat<F>() /* q6_k */ && n < 4) for (let j = 0; j < rn; j++) store<f32>(orow + <usize>i * osb + (<usize>j << 2), idot1q6k(xc + (<usize>n * <usize>k << 1), sc, np, i, wr + <usize>j * rowBytes, k));
         else if (isQ8_0<F>() && n < 4) for (let j = 0; j < rn; j++) store<f32>(orow + <usize>i * osb + (<usize>j << 2), idot1q8(xc + (<usize>n * <usize>k << 1), sc, np, i, wr + <usize>j * rowBytes, k));
         else for (let j = 0; j < rn; j++) store<f32>(orow + <usize>i * osb + (<usize>j << 2), idot1<F>(xc, sc, sums, np, i, wr + <usize>j * rowBytes, k));

@@ -386,9 +386,12 @@ export class SimdCpuBackend extends CpuBackend {
    * command and the first three arguments of q's imatmul: codes, scales, sums.
    */
   private quantized(shard: Shard, q: Int8Kernels, x: number, xs: number, n: number, k: number): { cmd: Command; args: number[] } {
-    const codes = this.temp(shard, n * k * (n < 4 ? 4 : 2)); // int16 codes (decode: twice, kernels.as)
-    const scales = this.temp(shard, (k / q.block) * Math.ceil(n / 4) * 4 * 4);
-    const sums = q.sums ? this.temp(shard, n * (k / 32) * 2) : 0;
+    // int16 codes (decode: twice, kernels.as). From four tokens on, the kernels take tokens in
+    // tiles of eight or four, so the last tile's padding must be readable (its results are dropped).
+    const np = Math.ceil(n / 4) * 4, n8 = Math.ceil(n / 8) * 8;
+    const codes = this.temp(shard, n < 4 ? n * k * 4 : n8 * k * 2);
+    const scales = this.temp(shard, ((k / q.block) * np + 4) * 4);
+    const sums = q.sums ? this.temp(shard, n8 * (k / 32) * 2) : 0;
     return { cmd: this.cmd('quantize_q8', shard, [x, xs, n, k, q.block, codes, scales, sums]), args: [codes, scales, sums] };
   }
 
