@@ -181,7 +181,9 @@ describe('packing and converting weights on load', () => {
     assert.equal(weightRole('model.layers.1.input_layernorm.weight', [256]), 'vector');
     assert.equal(weightRole('model.layers.1.self_attn.kv_b_proj.weight', [64, 512]), 'projection');
     assert.equal(quantizeTarget('q4_k', 'projection', 512), 'q4_k');
-    assert.equal(quantizeTarget('q4_k', 'projection', 192), null, 'not whole 256-blocks: stays');
+    assert.equal(quantizeTarget('q4_k', 'projection', 192), 'q8_0', 'not whole 256-blocks: q8_0');
+    assert.equal(quantizeTarget('q4_k', 'head', 10944), 'q8_0', 'not whole 256-blocks: q8_0');
+    assert.equal(quantizeTarget('q4_k', 'projection', 100), null, 'not whole 32-blocks either: stays');
     assert.equal(quantizeTarget('q4_k', 'head', 256), 'q6_k');
     assert.equal(quantizeTarget('q4_k', 'embedding', 96), 'q8_0');
     assert.equal(quantizeTarget('q8_0', 'projection', 48), null);

@@ -144,7 +144,9 @@ export function weightRole(name: string, shape: readonly number[]): WeightRole {
  * The packed format a weight gets under `--quantize type`, or null to keep it as it is:
  * projections take the type; embeddings q8_0 (a row lookup, so the cheapest place to keep
  * precision); the LM head q8_0, or q6_k under q4_k (as llama.cpp's Q4_K_M does); norms,
- * biases and the router stay. A weight whose columns are not whole blocks stays too.
+ * biases and the router stay. A k-quant whose columns are not whole 256-value blocks (e.g.
+ * DeepSeek-V2-Lite's dense down projection, 10944 columns) falls back to q8_0, as llama.cpp's
+ * quantizer falls back to a 32-value type; a weight whose columns fit no block stays as it is.
  */
 export function quantizeTarget(type: QuantizeType, role: WeightRole, cols: number): PackedFormat | null {
   let to: PackedFormat;
@@ -156,7 +158,8 @@ export function quantizeTarget(type: QuantizeType, role: WeightRole, cols: numbe
     case 'head': to = type === 'q4_k' ? 'q6_k' : 'q8_0'; break;
     case 'projection': to = type; break;
   }
-  return packedRowBytes(to, cols) === null ? null : to;
+  if (packedRowBytes(to, cols) !== null) return to;
+  return packedRowBytes('q8_0', cols) === null ? null : 'q8_0';
 }
 
 const bf16Cvt = new Float32Array(1);
