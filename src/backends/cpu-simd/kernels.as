@@ -1653,7 +1653,8 @@ let ib4: v128 = i32x4.splat(0), ib5: v128 = i32x4.splat(0), ib6: v128 = i32x4.sp
   let b = 0;
   for (; b + 2 <= nb; b += 2) {
     const blk = wr + <usize>b * 34, o = xr + (<usize>b << 6);
-    const a0 = bdot(blk + 2, o), a1 = bdot(blk + 36, o + 64);
+    ia0 = bdot(blk + 2, o); ia1 = bdot(blk + 36, o + 64); // in turn, as in idot8
+    const a0 = ia0, a1 = ia1;
     const s = i32x4.shr_s(i32x4.add(v128.shuffle<i32>(a0, a1, 0, 4, 1, 5), v128.shuffle<i32>(a0, a1, 2, 6, 3, 7)), 8);
     let h = v128.load16_lane(blk, i32x4.splat(0), 0);
     h = v128.load16_lane(blk, h, 2, 34);
@@ -1678,11 +1679,32 @@ let ib4: v128 = i32x4.splat(0), ib5: v128 = i32x4.splat(0), ib6: v128 = i32x4.sp
  * times its 6-bit scale is accumulated in int32 (per lane <= 8 · 8 · 256 · 15 · 128 · 63 < 2^31),
  * shifted right by 8 (exact) before the lanes are added.
  */
+/**
+ * Values 64p..64p+63 of a q4_k block (sub-blocks 2p, 2p + 1; scales as bytes in sw) · the
+ * activation codes of its block at o0 (decode copy, times 256 on odd values: see idot1q8), int32
+ * lanes. The two sub-block sums go through per-thread globals so they are computed in turn (idot8).
+ */
+// @ts-ignore: decorator
+@inline function q4group(blk: usize, o0: usize, p: i32, sw: u64): v128 {
+  const c0f = i16x8.splat(0x000f), cf00 = i16x8.splat(0x0f00);
+  const q = blk + 16 + (<usize>p << 5), o = o0 + (<usize>p << 7);
+  const b0 = v128.load(q), b1 = v128.load(q, 16);
+  const sp2 = sw >> (<u64>p << 4);
+  ia0 = i32x4.mul(i32x4.add(
+    i32x4.add(i32x4.dot_i16x8_s(i16x8.shl(v128.and(b0, c0f), 8), v128.load(o)), i32x4.dot_i16x8_s(v128.and(i16x8.shr_u(b0, 8), c0f), v128.load(o, 16))),
+    i32x4.add(i32x4.dot_i16x8_s(i16x8.shl(v128.and(b1, c0f), 8), v128.load(o, 32)), i32x4.dot_i16x8_s(v128.and(i16x8.shr_u(b1, 8), c0f), v128.load(o, 48)))),
+    i32x4.splat(<i32>sp2 & 0xff));
+  ia1 = i32x4.mul(i32x4.add(
+    i32x4.add(i32x4.dot_i16x8_s(v128.and(i16x8.shl(b0, 4), cf00), v128.load(o, 64)), i32x4.dot_i16x8_s(i16x8.shr_u(b0, 12), v128.load(o, 80))),
+    i32x4.add(i32x4.dot_i16x8_s(v128.and(i16x8.shl(b1, 4), cf00), v128.load(o, 96)), i32x4.dot_i16x8_s(i16x8.shr_u(b1, 12), v128.load(o, 112)))),
+    i32x4.splat(<i32>(sp2 >> 8) & 0xff));
+  return i32x4.add(ia0, ia1);
+}
+
 // @ts-ignore: decorator
 @inline function idot1q4k(xc: usize, sc: usize, sums: usize, np: i32, i: i32, wr: usize, k: i32): f32 {
   const nb = k >> 8;
   const xr = xc + <usize>i * (<usize>k << 1);
-  const c0f = i16x8.splat(0x000f), cf00 = i16x8.splat(0x0f00);
   let acc = f32x4.splat(0);
   let mins: f32 = 0;
   for (let b = 0; b < nb; b++) {
@@ -1691,19 +1713,8 @@ let ib4: v128 = i32x4.splat(0), ib5: v128 = i32x4.splat(0), ib6: v128 = i32x4.sp
     // The eight 6-bit scales and mins as bytes (ggml's utmp unpacking).
     const u0 = load<u32>(blk, 4), u1 = load<u32>(blk, 8), u2 = load<u32>(blk, 12);
     const sw = <u64>(u0 & 0x3f3f3f3f) | (<u64>((u2 & 0x0f0f0f0f) | (((u0 >> 6) & 0x03030303) << 4)) << 32);
-    let ai = i32x4.splat(0);
-    for (let p = 0; p < 4; p++) {
-      const q = blk + 16 + (<usize>p << 5), o = o0 + (<usize>p << 7);
-      const b0 = v128.load(q), b1 = v128.load(q, 16);
-      const lo = i32x4.add(
-        i32x4.add(i32x4.dot_i16x8_s(i16x8.shl(v128.and(b0, c0f), 8), v128.load(o)), i32x4.dot_i16x8_s(v128.and(i16x8.shr_u(b0, 8), c0f), v128.load(o, 16))),
-        i32x4.add(i32x4.dot_i16x8_s(i16x8.shl(v128.and(b1, c0f), 8), v128.load(o, 32)), i32x4.dot_i16x8_s(v128.and(i16x8.shr_u(b1, 8), c0f), v128.load(o, 48))));
-      const hi = i32x4.add(
-        i32x4.add(i32x4.dot_i16x8_s(v128.and(i16x8.shl(b0, 4), cf00), v128.load(o, 64)), i32x4.dot_i16x8_s(i16x8.shr_u(b0, 12), v128.load(o, 80))),
-        i32x4.add(i32x4.dot_i16x8_s(v128.and(i16x8.shl(b1, 4), cf00), v128.load(o, 96)), i32x4.dot_i16x8_s(i16x8.shr_u(b1, 12), v128.load(o, 112))));
-      const sp2 = sw >> (<u64>p << 4);
-      ai = i32x4.add(ai, i32x4.add(i32x4.mul(lo, i32x4.splat(<i32>sp2 & 0xff)), i32x4.mul(hi, i32x4.splat(<i32>(sp2 >> 8) & 0xff))));
-    }
+    // The block's four 64-value groups, unrolled.
+    const ai = i32x4.add(i32x4.add(q4group(blk, o0, 0, sw), q4group(blk, o0, 1, sw)), i32x4.add(q4group(blk, o0, 2, sw), q4group(blk, o0, 3, sw)));
     const xd = load<f32>(fptr(sc, b * np + i));
     acc = f32x4.add(acc, f32x4.mul(f32x4.convert_i32x4_s(i32x4.shr_s(ai, 8)), f32x4.splat(half(<u32>load<u16>(blk)) * xd)));
     const sp = sums + <usize>i * (<usize>(k >> 5) << 1) + (<usize>b << 4);
@@ -1738,22 +1749,29 @@ let ib4: v128 = i32x4.splat(0), ib5: v128 = i32x4.splat(0), ib6: v128 = i32x4.sp
   let acc = f32x4.splat(0);
   for (let b = 0; b < nb; b++) {
     const blk = wr + <usize>b * 210, o0 = xr + (<usize>b << 9);
-    let ai = i32x4.splat(0);
-    for (let h = 0; h < 2; h++) {
-      for (let hv = 0; hv < 2; hv++) {
-        const ql = blk + (<usize>h << 6) + (<usize>hv << 4);
-        const lo0 = v128.load(ql), lo1 = v128.load(ql, 32), hi = v128.load(blk + 128 + (<usize>h << 5) + (<usize>hv << 4));
-        const sc8 = blk + 192 + (<usize>h << 3) + <usize>hv; // scale of (sub-block h·4 + qq, half hv) at sc8 + 2·qq
-        const xo = o0 + (<usize>h << 8) + (<usize>hv << 5); // sub-block h·4 + qq at xo + 64·qq
-        ai = i32x4.add(ai, i32x4.mul(q6dot(lo0, hi, 0, xo), i32x4.splat(<i32>load<i8>(sc8))));
-        ai = i32x4.add(ai, i32x4.mul(q6dot(lo1, hi, 1, xo + 64), i32x4.splat(<i32>load<i8>(sc8, 2))));
-        ai = i32x4.add(ai, i32x4.mul(q6dot(lo0, hi, 2, xo + 128), i32x4.splat(<i32>load<i8>(sc8, 4))));
-        ai = i32x4.add(ai, i32x4.mul(q6dot(lo1, hi, 3, xo + 192), i32x4.splat(<i32>load<i8>(sc8, 6))));
-      }
-    }
+    // The block's four quarters (half h of the block, half hv of its 16-byte rows), unrolled.
+    const ai = i32x4.add(i32x4.add(q6quarter(blk, o0, 0, 0), q6quarter(blk, o0, 0, 1)), i32x4.add(q6quarter(blk, o0, 1, 0), q6quarter(blk, o0, 1, 1)));
     acc = f32x4.add(acc, f32x4.mul(f32x4.convert_i32x4_s(ai), f32x4.splat(half(<u32>load<u16>(blk + 208)) * load<f32>(fptr(sc, b * np + i)))));
   }
   return hsum(acc);
+}
+
+/**
+ * One quarter of a q6_k block (64 values) · the activation codes of its block at o0, scaled by
+ * the sub-block scales (int32 lanes). Each sub-block's sum goes through a per-thread global
+ * (ia0..ia3) so the four are computed in turn instead of after all loads (see idot8).
+ */
+// @ts-ignore: decorator
+@inline function q6quarter(blk: usize, o0: usize, h: i32, hv: i32): v128 {
+  const ql = blk + (<usize>h << 6) + (<usize>hv << 4);
+  const lo0 = v128.load(ql), lo1 = v128.load(ql, 32), hi = v128.load(blk + 128 + (<usize>h << 5) + (<usize>hv << 4));
+  const sc8 = blk + 192 + (<usize>h << 3) + <usize>hv; // scale of (sub-block h·4 + qq, half hv) at sc8 + 2·qq
+  const xo = o0 + (<usize>h << 8) + (<usize>hv << 5); // sub-block h·4 + qq at xo + 64·qq
+  ia0 = i32x4.mul(q6dot(lo0, hi, 0, xo), i32x4.splat(<i32>load<i8>(sc8)));
+  ia1 = i32x4.mul(q6dot(lo1, hi, 1, xo + 64), i32x4.splat(<i32>load<i8>(sc8, 2)));
+  ia2 = i32x4.mul(q6dot(lo0, hi, 2, xo + 128), i32x4.splat(<i32>load<i8>(sc8, 4)));
+  ia3 = i32x4.mul(q6dot(lo1, hi, 3, xo + 192), i32x4.splat(<i32>load<i8>(sc8, 6)));
+  return i32x4.add(i32x4.add(ia0, ia1), i32x4.add(ia2, ia3));
 }
 
 /** Row wr · token i (single tokens, and rows left over when a share does not end on a multiple of four). */
