@@ -414,6 +414,27 @@ export function backendConformance(label: string, make: () => Backend | Promise<
         compareExact(await b.read(b.add(x, x)), [2, 4, 6, 8, 10, 12], 'op on the tensor after mutating a read', 3);
       });
 
+      it('release: the tensors still in use keep their values while released memory is reused; releasing twice is harmless', async () => {
+        const rng = rngFor('buffers.release');
+        const a = rng.floats(9 * 33, -4, 4), c = rng.floats(9 * 33, -4, 4);
+        const x = b.fromHost(a, 9, 33), y = b.fromHost(c, 9, 33);
+        const keep = b.add(x, y);
+        const sum = Float32Array.from(a, (v, i) => Math.fround(v + c[i]));
+        // Churn: each round's tensors are released at once, so their bytes come back for the next.
+        for (let round = 0; round < 20; round++) {
+          const t = b.add(keep, x);
+          const u = b.add(t, y);
+          b.release(t);
+          b.release(u);
+          b.release(t);
+        }
+        const later = b.add(keep, keep);
+        b.release(x);
+        compareExact(await b.read(keep), sum, 'tensor kept across released ones', 33);
+        compareExact(await b.read(later), sum.map((v) => Math.fround(v + v)), 'op after releases', 33);
+        compareExact(await b.read(y), c, 'input kept', 33);
+      });
+
       it('supports f32 or bf16 (the formats every loader can fall back to)', () => {
         assert.ok(backendSupports(b, 'f32') || backendSupports(b, 'bf16'), `${b.info.name} supports neither f32 nor bf16`);
       });

@@ -212,6 +212,15 @@ export interface Backend {
   /** Index of the largest value of each row (ties: lowest index), without reading the rows back. */
   argmaxRows(x: Tensor): Promise<Int32Array>;
 
+  /**
+   * The caller will not use t again (nor pass it to any op): its memory may be reused at once
+   * instead of when its handle is garbage collected. The model releases each intermediate
+   * of a forward pass as soon as it is dead, so a prefill chunk's activations do not pile up
+   * (V8 runs finalizers only between tasks, never inside one synchronous pass). A no-op where
+   * memory is the JS heap's.
+   */
+  release(t: Tensor): void;
+
   /** Frees device memory held by the backend. */
   dispose(): void;
 }

@@ -239,12 +239,18 @@ export class DeepseekModel implements LanguageModel {
   async forward(batch: ForwardBatch, cache: ModelCache, routings?: LayerRouting[]): Promise<Tensor> {
     let b = this.placement.backendFor(0);
     let x = b.embedding(this.embed, batch.tokens);
+    // Every intermediate is released as soon as it is dead (Backend.release): a prefill
+    // chunk's activations would otherwise stay until V8 collects their handles.
     for (const layer of this.layers) {
-      x = await this.placement.move(x, b, layer.backend);
+      const here = await this.placement.move(x, b, layer.backend);
+      if (here !== x) b.release(x);
       b = layer.backend;
-      x = this.decoderLayer(layer, x, batch, cache, routings);
+      x = this.decoderLayer(layer, here, batch, cache, routings);
+      b.release(here);
     }
-    return b.rmsNorm(x, this.finalNorm, this.cfg.rmsNormEps);
+    const out = b.rmsNorm(x, this.finalNorm, this.cfg.rmsNormEps);
+    b.release(x);
+    return out;
   }
 
   /** LM-head logits for the given rows of `hidden` (e.g. each sequence's last token). */
@@ -264,17 +270,31 @@ export class DeepseekModel implements LanguageModel {
     const h = await this.placement.move(hidden, this.placement.backendFor(this.cfg.numHiddenLayers - 1), b);
     const e = b.embedding(mtp.embed, nextTokens);
     const eps = this.cfg.rmsNormEps;
-    let x = b.matmul(b.concatCols(b.rmsNorm(e, mtp.enorm, eps), b.rmsNorm(h, mtp.hnorm, eps)), mtp.ehProj);
-    x = this.decoderLayer(mtp.decoder, x, batch, cache);
+    const en = b.rmsNorm(e, mtp.enorm, eps), hn = b.rmsNorm(h, mtp.hnorm, eps);
+    const both = b.concatCols(en, hn);
+    const x0 = b.matmul(both, mtp.ehProj);
+    free(b, e, en, hn, both);
+    if (h !== hidden) b.release(h);
+    const x = this.decoderLayer(mtp.decoder, x0, batch, cache);
+    b.release(x0);
     const out = b.rmsNorm(x, mtp.headNorm, eps);
-    return { logits: b.matmul(out, mtp.head), hidden: x };
+    const logits = b.matmul(out, mtp.head);
+    b.release(out);
+    return { logits, hidden: x };
   }
 
   private decoderLayer(layer: DecoderLayer, x: Tensor, batch: AttentionBatch, cache: ModelCache, routings?: LayerRouting[]): Tensor {
     const b = layer.backend;
     const eps = this.cfg.rmsNormEps;
-    const h = b.add(x, this.attention(layer, b.rmsNorm(x, layer.inputNorm, eps), batch, cache));
-    return b.add(h, this.mlp(layer, b.rmsNorm(h, layer.postAttnNorm, eps), routings));
+    const xn = b.rmsNorm(x, layer.inputNorm, eps);
+    const att = this.attention(layer, xn, batch, cache);
+    const h = b.add(x, att);
+    free(b, xn, att);
+    const hn = b.rmsNorm(h, layer.postAttnNorm, eps);
+    const mlp = this.mlp(layer, hn, routings);
+    const out = b.add(h, mlp);
+    free(b, hn, h, mlp);
+    return out;
   }
 
   /** Multi-head latent attention: only [normalized latent | rotated rope key] is cached per token. */
@@ -283,29 +303,58 @@ export class DeepseekModel implements LanguageModel {
     const a = layer.attn;
     const { heads, nopeDim, ropeDim, kvRank } = this.mla;
     const eps = this.cfg.rmsNormEps;
-    const qFull = a.q ? b.matmul(x, a.q) : b.matmul(b.rmsNorm(b.matmul(x, a.qA!), a.qANorm!, eps), a.qB!);
+    let qFull: Tensor;
+    if (a.q) qFull = b.matmul(x, a.q);
+    else {
+      const qa = b.matmul(x, a.qA!), qn = b.rmsNorm(qa, a.qANorm!, eps);
+      qFull = b.matmul(qn, a.qB!);
+      free(b, qa, qn);
+    }
     const q = b.rope(qFull, batch.positions, this.invFreq, heads, nopeDim + ropeDim, nopeDim);
     const kv = b.matmul(x, a.kvA);
-    const latent = b.rmsNorm(b.sliceCols(kv, 0, kvRank), a.kvANorm, eps);
-    const kRope = b.rope(b.sliceCols(kv, kvRank, ropeDim), batch.positions, this.invFreq, 1, ropeDim, 0);
+    const latentRaw = b.sliceCols(kv, 0, kvRank), ropeRaw = b.sliceCols(kv, kvRank, ropeDim);
+    const latent = b.rmsNorm(latentRaw, a.kvANorm, eps);
+    const kRope = b.rope(ropeRaw, batch.positions, this.invFreq, 1, ropeDim, 0);
     const pool = cache.pools.get(b)!;
     const poolLayer = cache.poolLayer[layer.index];
-    b.writeKV(pool, poolLayer, b.concatCols(latent, kRope), batch);
+    const entry = b.concatCols(latent, kRope);
+    b.writeKV(pool, poolLayer, entry, batch);
+    free(b, qFull, kv, latentRaw, ropeRaw, latent, kRope, entry);
     const out = b.mlaAttention(q, a.kvB, pool, poolLayer, batch, this.mla);
-    return b.matmul(out, a.o);
+    const y = b.matmul(out, a.o);
+    free(b, q, out);
+    return y;
   }
 
   private mlp(layer: DecoderLayer, x: Tensor, routings?: LayerRouting[]): Tensor {
     const b = layer.backend;
     const m = layer.mlp;
-    if (m.kind === 'dense') return b.matmul(b.swiglu(b.matmul(x, m.gate), b.matmul(x, m.up)), m.down);
-    const routing = b.route(b.matmul(x, m.router), m.routerBias, this.router);
+    if (m.kind === 'dense') return ffn(b, x, m);
+    const logits = b.matmul(x, m.router);
+    const routing = b.route(logits, m.routerBias, this.router);
+    b.release(logits);
     routings?.push({ layer: layer.index, backend: b, routing });
     const routed = b.moe(x, routing, m.experts);
     if (!m.shared) return routed;
-    const s = m.shared;
-    return b.add(routed, b.matmul(b.swiglu(b.matmul(x, s.gate), b.matmul(x, s.up)), s.down));
+    const shared = ffn(b, x, m.shared);
+    const y = b.add(routed, shared);
+    free(b, routed, shared);
+    return y;
   }
+}
+
+/** down(silu(gate x) · up x), its intermediates released. */
+function ffn(b: Backend, x: Tensor, w: { gate: DeviceWeight; up: DeviceWeight; down: DeviceWeight }): Tensor {
+  const g = b.matmul(x, w.gate), u = b.matmul(x, w.up);
+  const a = b.swiglu(g, u);
+  free(b, g, u);
+  const y = b.matmul(a, w.down);
+  b.release(a);
+  return y;
+}
+
+function free(b: Backend, ...ts: Tensor[]): void {
+  for (const t of ts) b.release(t);
 }
 
 // ---- which tensors the architecture needs ------------------------------------------------

@@ -184,14 +184,26 @@ export class LlamaModel implements LanguageModel {
     let b = this.placement.backendFor(0);
     let x = b.embedding(this.embed, batch.tokens);
     const eps = this.cfg.rmsNormEps;
+    // Dead activations are released at once (Backend.release), as in deepseek.ts.
+    const free = (...ts: Tensor[]) => { for (const t of ts) b.release(t); };
     for (const layer of this.layers) {
-      x = await this.placement.move(x, b, layer.backend);
+      const here = await this.placement.move(x, b, layer.backend);
+      if (here !== x) b.release(x);
       b = layer.backend;
-      const h = b.add(x, this.attention(layer, b.rmsNorm(x, layer.inputNorm, eps), batch, cache));
+      const xn = b.rmsNorm(here, layer.inputNorm, eps);
+      const att = this.attention(layer, xn, batch, cache);
+      const h = b.add(here, att);
+      free(here, xn, att);
       const y = b.rmsNorm(h, layer.postAttnNorm, eps);
-      x = b.add(h, b.matmul(b.swiglu(b.matmul(y, layer.gate), b.matmul(y, layer.up)), layer.down));
+      const g = b.matmul(y, layer.gate), u = b.matmul(y, layer.up);
+      const a = b.swiglu(g, u);
+      const down = b.matmul(a, layer.down);
+      x = b.add(h, down);
+      free(y, g, u, a, down, h);
     }
-    return b.rmsNorm(x, this.finalNorm, eps);
+    const out = b.rmsNorm(x, this.finalNorm, eps);
+    b.release(x);
+    return out;
   }
 
   logits(hidden: Tensor, rows?: Int32Array): Tensor {

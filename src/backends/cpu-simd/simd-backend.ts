@@ -205,7 +205,7 @@ export class SimdCpuBackend extends CpuBackend {
   private disposed = false;
   private sinceGc = 0;
   private gcCount = 0;
-  private readonly registry = new FinalizationRegistry<Held>((h) => this.release(h));
+  private readonly registry = new FinalizationRegistry<Held>((h) => this.freeHeld(h));
 
   /** Creates the backend and waits until its worker threads are up. */
   static async create(opts: SimdCpuOptions = {}): Promise<SimdCpuBackend> {
@@ -268,7 +268,7 @@ export class SimdCpuBackend extends CpuBackend {
     return ptr;
   }
 
-  private release(h: Held): void {
+  private freeHeld(h: Held): void {
     if (!this.disposed) h.shard.release(h.ptr, h.bytes);
   }
 
@@ -285,7 +285,7 @@ export class SimdCpuBackend extends CpuBackend {
     try {
       return body();
     } finally {
-      while (this.temps.length > mark) this.release(this.temps.pop()!);
+      while (this.temps.length > mark) this.freeHeld(this.temps.pop()!);
     }
   }
 
@@ -309,7 +309,7 @@ export class SimdCpuBackend extends CpuBackend {
       }
     }
     const t = new SimdTensor(rows, cols, shard.f32(ptr, len), shard, ptr);
-    this.registry.register(t, { shard, ptr, bytes });
+    this.registry.register(t, { shard, ptr, bytes }, t);
     this.sinceGc += bytes;
     if (this.gcBudget > 0 && this.sinceGc > this.gcBudget) this.nudgeGc();
     return t;
@@ -701,6 +701,12 @@ export class SimdCpuBackend extends CpuBackend {
       this.exec(groups, work);
       return out;
     });
+  }
+
+  /** Frees t's bytes in its shard now (once: the registry entry goes with it). */
+  override release(t: Tensor): void {
+    if (!(t instanceof SimdTensor) || this.disposed) return; // host tensors live on the JS heap
+    if (this.registry.unregister(t)) t.shard.release(t.ptr, t.rows * t.cols * 4);
   }
 
   override dispose(): void {

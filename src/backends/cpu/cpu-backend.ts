@@ -470,6 +470,9 @@ export class CpuBackend implements Backend {
     return out;
   }
 
+  /** Float32Arrays on the JS heap: the garbage collector frees them. */
+  release(_t: Tensor): void {}
+
   dispose(): void {
     this.scratch = new Float32Array(0);
   }

@@ -246,7 +246,7 @@ export class WebGpuBackend implements Backend {
   private newTensor(rows: number, cols: number): GpuTensor {
     const buf = this.alloc(rows * cols * 4);
     const t = new GpuTensor(rows, cols, buf);
-    this.registry.register(t, [buf]);
+    this.registry.register(t, [buf], t);
     return t;
   }
 
@@ -812,6 +812,12 @@ export class WebGpuBackend implements Backend {
     } finally {
       this.pending.push(out);
     }
+  }
+
+  /** Back to the pool after the next submit, as for a collected handle (recorded work may still read it). */
+  release(tIn: Tensor): void {
+    const t = tensor(tIn);
+    if (this.registry.unregister(t) && !this.disposed) this.pending.push(t.buf);
   }
 
   dispose(): void {
