@@ -1382,6 +1382,32 @@ export function quantize_q8(x: usize, xs: i32, n: i32, k: i32, bl: i32, codes: u
   return half(<u32>load<u16>(isFloat<F>() /* q6_k */ ? blk + 208 : blk));
 }
 
+/**
+ * A block's contribution for four tokens, before the activation scales: d · (the integer sums
+ * a0..a3 reduced per token), less dmin · Σ m·(code sums) for q4_k (m: the block's eight mins,
+ * imins; the four tokens' code sums of this block at sp, sp + ssb, ...). d, dmin: splat.
+ */
+// @ts-ignore: decorator
+@inline function iblock4<F>(d: v128, dmin: v128, m: v128, a0: v128, a1: v128, a2: v128, a3: v128, sp: usize, ssb: usize): v128 {
+  const v = f32x4.mul(f32x4.convert_i32x4_s(hsum4(a0, a1, a2, a3)), d);
+  if (!isQ4_K<F>()) return v;
+  const mins = hsum4(i32x4.dot_i16x8_s(m, v128.load(sp)), i32x4.dot_i16x8_s(m, v128.load(sp + ssb)),
+    i32x4.dot_i16x8_s(m, v128.load(sp + 2 * ssb)), i32x4.dot_i16x8_s(m, v128.load(sp + 3 * ssb)));
+  return f32x4.sub(v, f32x4.mul(f32x4.convert_i32x4_s(mins), dmin));
+}
+
+/** q4_k's dmin (splat) of the block at blk; zeros for the other formats (unused there). */
+// @ts-ignore: decorator
+@inline function idmin<F>(blk: usize): v128 {
+  return isQ4_K<F>() ? f32x4.splat(half(<u32>load<u16>(blk + 2))) : f32x4.splat(0);
+}
+
+/** q4_k's eight sub-block mins (imins) of the block at blk; zeros for the other formats. */
+// @ts-ignore: decorator
+@inline function imins0<F>(blk: usize): v128 {
+  return isQ4_K<F>() ? imins(blk) : i16x8.splat(0);
+}
+
 /** Results of tokens 0..cnt-1 (lanes of a, then b) to out + t·osb: the rest is padding. */
 // @ts-ignore: decorator
 @inline function store8(out: usize, osb: usize, a: v128, b: v128, cnt: i32): void {
@@ -1435,16 +1461,8 @@ let ia4: v128 = i32x4.splat(0), ia5: v128 = i32x4.splat(0), ia6: v128 = i32x4.sp
       ia2 = i32x4.add(ia2, idot32(w0, w1, w2, w3, x2 + o));
       ia3 = i32x4.add(ia3, idot32(w0, w1, w2, w3, x3 + o));
     }
-    const dx = v128.load(fptr(sc, b * np + i));
-    let v = f32x4.mul(f32x4.convert_i32x4_s(hsum4(ia0, ia1, ia2, ia3)), f32x4.splat(dScale<F>(blk)));
-    if (isQ4_K<F>()) {
-      const m = imins(blk);
-      const sp = sums + (<usize>i * ssb) + (<usize>b << 4);
-      const mins = hsum4(i32x4.dot_i16x8_s(m, v128.load(sp)), i32x4.dot_i16x8_s(m, v128.load(sp + ssb)),
-        i32x4.dot_i16x8_s(m, v128.load(sp + 2 * ssb)), i32x4.dot_i16x8_s(m, v128.load(sp + 3 * ssb)));
-      v = f32x4.sub(v, f32x4.mul(f32x4.convert_i32x4_s(mins), f32x4.splat(half(<u32>load<u16>(blk + 2)))));
-    }
-    acc = f32x4.add(acc, f32x4.mul(v, dx));
+    const sp = sums + (<usize>i * ssb) + (<usize>b << 4);
+    acc = f32x4.add(acc, f32x4.mul(iblock4<F>(f32x4.splat(dScale<F>(blk)), idmin<F>(blk), imins0<F>(blk), ia0, ia1, ia2, ia3, sp, ssb), v128.load(fptr(sc, b * np + i))));
   }
   store<f32>(out, f32x4.extract_lane(acc, 0));
   if (cnt > 1) store<f32>(out + osb, f32x4.extract_lane(acc, 1));
@@ -1483,21 +1501,9 @@ let ia4: v128 = i32x4.splat(0), ia5: v128 = i32x4.splat(0), ia6: v128 = i32x4.sp
       ia6 = i32x4.add(ia6, idot32(w0, w1, w2, w3, o + 6 * xsb));
       ia7 = i32x4.add(ia7, idot32(w0, w1, w2, w3, o + 7 * xsb));
     }
-    const d = f32x4.splat(dScale<F>(blk));
-    let vA = f32x4.mul(f32x4.convert_i32x4_s(hsum4(ia0, ia1, ia2, ia3)), d);
-    let vB = f32x4.mul(f32x4.convert_i32x4_s(hsum4(ia4, ia5, ia6, ia7)), d);
-    if (isQ4_K<F>()) {
-      const m = imins(blk), dmin = f32x4.splat(half(<u32>load<u16>(blk + 2)));
-      const sp = sums + (<usize>i * ssb) + (<usize>b << 4);
-      const mA = hsum4(i32x4.dot_i16x8_s(m, v128.load(sp)), i32x4.dot_i16x8_s(m, v128.load(sp + ssb)),
-        i32x4.dot_i16x8_s(m, v128.load(sp + 2 * ssb)), i32x4.dot_i16x8_s(m, v128.load(sp + 3 * ssb)));
-      const mB = hsum4(i32x4.dot_i16x8_s(m, v128.load(sp + 4 * ssb)), i32x4.dot_i16x8_s(m, v128.load(sp + 5 * ssb)),
-        i32x4.dot_i16x8_s(m, v128.load(sp + 6 * ssb)), i32x4.dot_i16x8_s(m, v128.load(sp + 7 * ssb)));
-      vA = f32x4.sub(vA, f32x4.mul(f32x4.convert_i32x4_s(mA), dmin));
-      vB = f32x4.sub(vB, f32x4.mul(f32x4.convert_i32x4_s(mB), dmin));
-    }
-    accA = f32x4.add(accA, f32x4.mul(vA, v128.load(fptr(sc, b * np + i))));
-    accB = f32x4.add(accB, f32x4.mul(vB, v128.load(fptr(sc, b * np + i + 4))));
+    const sp = sums + (<usize>i * ssb) + (<usize>b << 4), d = f32x4.splat(dScale<F>(blk)), dmin = idmin<F>(blk), m = imins0<F>(blk);
+    accA = f32x4.add(accA, f32x4.mul(iblock4<F>(d, dmin, m, ia0, ia1, ia2, ia3, sp, ssb), v128.load(fptr(sc, b * np + i))));
+    accB = f32x4.add(accB, f32x4.mul(iblock4<F>(d, dmin, m, ia4, ia5, ia6, ia7, sp + 4 * ssb, ssb), v128.load(fptr(sc, b * np + i + 4))));
   }
   store8(out, osb, accA, accB, cnt);
 }
@@ -1559,39 +1565,16 @@ let ib4: v128 = i32x4.splat(0), ib5: v128 = i32x4.splat(0), ib6: v128 = i32x4.sp
       }
     }
     const dxA = v128.load(fptr(sc, b * np + i)), dxB = v128.load(fptr(sc, b * np + i + 4));
+    const sp = sums + (<usize>i * ssb) + (<usize>b << 4);
     {
-      const d = f32x4.splat(dScale<F>(blk));
-      let vA = f32x4.mul(f32x4.convert_i32x4_s(hsum4(ia0, ia1, ia2, ia3)), d);
-      let vB = f32x4.mul(f32x4.convert_i32x4_s(hsum4(ia4, ia5, ia6, ia7)), d);
-      if (isQ4_K<F>()) {
-        const m = imins(blk), dmin = f32x4.splat(half(<u32>load<u16>(blk + 2)));
-        const sp = sums + (<usize>i * ssb) + (<usize>b << 4);
-        const mA = hsum4(i32x4.dot_i16x8_s(m, v128.load(sp)), i32x4.dot_i16x8_s(m, v128.load(sp + ssb)),
-          i32x4.dot_i16x8_s(m, v128.load(sp + 2 * ssb)), i32x4.dot_i16x8_s(m, v128.load(sp + 3 * ssb)));
-        const mB = hsum4(i32x4.dot_i16x8_s(m, v128.load(sp + 4 * ssb)), i32x4.dot_i16x8_s(m, v128.load(sp + 5 * ssb)),
-          i32x4.dot_i16x8_s(m, v128.load(sp + 6 * ssb)), i32x4.dot_i16x8_s(m, v128.load(sp + 7 * ssb)));
-        vA = f32x4.sub(vA, f32x4.mul(f32x4.convert_i32x4_s(mA), dmin));
-        vB = f32x4.sub(vB, f32x4.mul(f32x4.convert_i32x4_s(mB), dmin));
-      }
-      accA = f32x4.add(accA, f32x4.mul(vA, dxA));
-      accB = f32x4.add(accB, f32x4.mul(vB, dxB));
+      const d = f32x4.splat(dScale<F>(blk)), dmin = idmin<F>(blk), m = imins0<F>(blk);
+      accA = f32x4.add(accA, f32x4.mul(iblock4<F>(d, dmin, m, ia0, ia1, ia2, ia3, sp, ssb), dxA));
+      accB = f32x4.add(accB, f32x4.mul(iblock4<F>(d, dmin, m, ia4, ia5, ia6, ia7, sp + 4 * ssb, ssb), dxB));
     }
     {
-      const d = f32x4.splat(dScale<F>(blk2));
-      let vA = f32x4.mul(f32x4.convert_i32x4_s(hsum4(ib0, ib1, ib2, ib3)), d);
-      let vB = f32x4.mul(f32x4.convert_i32x4_s(hsum4(ib4, ib5, ib6, ib7)), d);
-      if (isQ4_K<F>()) {
-        const m = imins(blk2), dmin = f32x4.splat(half(<u32>load<u16>(blk2 + 2)));
-        const sp = sums + (<usize>i * ssb) + (<usize>b << 4);
-        const mA = hsum4(i32x4.dot_i16x8_s(m, v128.load(sp)), i32x4.dot_i16x8_s(m, v128.load(sp + ssb)),
-          i32x4.dot_i16x8_s(m, v128.load(sp + 2 * ssb)), i32x4.dot_i16x8_s(m, v128.load(sp + 3 * ssb)));
-        const mB = hsum4(i32x4.dot_i16x8_s(m, v128.load(sp + 4 * ssb)), i32x4.dot_i16x8_s(m, v128.load(sp + 5 * ssb)),
-          i32x4.dot_i16x8_s(m, v128.load(sp + 6 * ssb)), i32x4.dot_i16x8_s(m, v128.load(sp + 7 * ssb)));
-        vA = f32x4.sub(vA, f32x4.mul(f32x4.convert_i32x4_s(mA), dmin));
-        vB = f32x4.sub(vB, f32x4.mul(f32x4.convert_i32x4_s(mB), dmin));
-      }
-      accC = f32x4.add(accC, f32x4.mul(vA, dxA));
-      accD = f32x4.add(accD, f32x4.mul(vB, dxB));
+      const d = f32x4.splat(dScale<F>(blk2)), dmin = idmin<F>(blk2), m = imins0<F>(blk2);
+      accC = f32x4.add(accC, f32x4.mul(iblock4<F>(d, dmin, m, ib0, ib1, ib2, ib3, sp, ssb), dxA));
+      accD = f32x4.add(accD, f32x4.mul(iblock4<F>(d, dmin, m, ib4, ib5, ib6, ib7, sp + 4 * ssb, ssb), dxB));
     }
   }
   store8(out, osb, accA, accB, cnt);
