@@ -1511,6 +1511,57 @@ let ia4: v128 = i32x4.splat(0), ia5: v128 = i32x4.splat(0), ia6: v128 = i32x4.sp
 let ib0: v128 = i32x4.splat(0), ib1: v128 = i32x4.splat(0), ib2: v128 = i32x4.splat(0), ib3: v128 = i32x4.splat(0);
 let ib4: v128 = i32x4.splat(0), ib5: v128 = i32x4.splat(0), ib6: v128 = i32x4.splat(0), ib7: v128 = i32x4.splat(0);
 
+/**
+ * dot32 as a chain (((d0 + d1) + d2) + d3): one temporary fewer than the tree, which lets the
+ * two-row tile keep both rows' weights in registers (eight tokens give the latency cover).
+ */
+// @ts-ignore: decorator
+@inline function dot32c(w0: v128, w1: v128, w2: v128, w3: v128, x0: v128, x1: v128, x2: v128, x3: v128): v128 {
+  return i32x4.add(i32x4.add(i32x4.add(i32x4.dot_i16x8_s(w0, x0), i32x4.dot_i16x8_s(w1, x1)), i32x4.dot_i16x8_s(w2, x2)), i32x4.dot_i16x8_s(w3, x3));
+}
+
+/** 32 values of rows A (w0..w3) and B (v0..v3) · tokens at p, p + xsb, ...: the sums start ia/ib. */
+// @ts-ignore: decorator
+@inline function x2set(p: usize, xsb: usize, w0: v128, w1: v128, w2: v128, w3: v128, v0: v128, v1: v128, v2: v128, v3: v128): void {
+  let y0 = v128.load(p), y1 = v128.load(p, 16), y2 = v128.load(p, 32), y3 = v128.load(p, 48);
+  ia0 = dot32c(w0, w1, w2, w3, y0, y1, y2, y3); ib0 = dot32c(v0, v1, v2, v3, y0, y1, y2, y3); p += xsb;
+  y0 = v128.load(p); y1 = v128.load(p, 16); y2 = v128.load(p, 32); y3 = v128.load(p, 48);
+  ia1 = dot32c(w0, w1, w2, w3, y0, y1, y2, y3); ib1 = dot32c(v0, v1, v2, v3, y0, y1, y2, y3); p += xsb;
+  y0 = v128.load(p); y1 = v128.load(p, 16); y2 = v128.load(p, 32); y3 = v128.load(p, 48);
+  ia2 = dot32c(w0, w1, w2, w3, y0, y1, y2, y3); ib2 = dot32c(v0, v1, v2, v3, y0, y1, y2, y3); p += xsb;
+  y0 = v128.load(p); y1 = v128.load(p, 16); y2 = v128.load(p, 32); y3 = v128.load(p, 48);
+  ia3 = dot32c(w0, w1, w2, w3, y0, y1, y2, y3); ib3 = dot32c(v0, v1, v2, v3, y0, y1, y2, y3); p += xsb;
+  y0 = v128.load(p); y1 = v128.load(p, 16); y2 = v128.load(p, 32); y3 = v128.load(p, 48);
+  ia4 = dot32c(w0, w1, w2, w3, y0, y1, y2, y3); ib4 = dot32c(v0, v1, v2, v3, y0, y1, y2, y3); p += xsb;
+  y0 = v128.load(p); y1 = v128.load(p, 16); y2 = v128.load(p, 32); y3 = v128.load(p, 48);
+  ia5 = dot32c(w0, w1, w2, w3, y0, y1, y2, y3); ib5 = dot32c(v0, v1, v2, v3, y0, y1, y2, y3); p += xsb;
+  y0 = v128.load(p); y1 = v128.load(p, 16); y2 = v128.load(p, 32); y3 = v128.load(p, 48);
+  ia6 = dot32c(w0, w1, w2, w3, y0, y1, y2, y3); ib6 = dot32c(v0, v1, v2, v3, y0, y1, y2, y3); p += xsb;
+  y0 = v128.load(p); y1 = v128.load(p, 16); y2 = v128.load(p, 32); y3 = v128.load(p, 48);
+  ia7 = dot32c(w0, w1, w2, w3, y0, y1, y2, y3); ib7 = dot32c(v0, v1, v2, v3, y0, y1, y2, y3);
+}
+
+/** x2set, adding to the sums (later sub-blocks of a k-quant block). */
+// @ts-ignore: decorator
+@inline function x2add(p: usize, xsb: usize, w0: v128, w1: v128, w2: v128, w3: v128, v0: v128, v1: v128, v2: v128, v3: v128): void {
+  let y0 = v128.load(p), y1 = v128.load(p, 16), y2 = v128.load(p, 32), y3 = v128.load(p, 48);
+  ia0 = i32x4.add(ia0, dot32c(w0, w1, w2, w3, y0, y1, y2, y3)); ib0 = i32x4.add(ib0, dot32c(v0, v1, v2, v3, y0, y1, y2, y3)); p += xsb;
+  y0 = v128.load(p); y1 = v128.load(p, 16); y2 = v128.load(p, 32); y3 = v128.load(p, 48);
+  ia1 = i32x4.add(ia1, dot32c(w0, w1, w2, w3, y0, y1, y2, y3)); ib1 = i32x4.add(ib1, dot32c(v0, v1, v2, v3, y0, y1, y2, y3)); p += xsb;
+  y0 = v128.load(p); y1 = v128.load(p, 16); y2 = v128.load(p, 32); y3 = v128.load(p, 48);
+  ia2 = i32x4.add(ia2, dot32c(w0, w1, w2, w3, y0, y1, y2, y3)); ib2 = i32x4.add(ib2, dot32c(v0, v1, v2, v3, y0, y1, y2, y3)); p += xsb;
+  y0 = v128.load(p); y1 = v128.load(p, 16); y2 = v128.load(p, 32); y3 = v128.load(p, 48);
+  ia3 = i32x4.add(ia3, dot32c(w0, w1, w2, w3, y0, y1, y2, y3)); ib3 = i32x4.add(ib3, dot32c(v0, v1, v2, v3, y0, y1, y2, y3)); p += xsb;
+  y0 = v128.load(p); y1 = v128.load(p, 16); y2 = v128.load(p, 32); y3 = v128.load(p, 48);
+  ia4 = i32x4.add(ia4, dot32c(w0, w1, w2, w3, y0, y1, y2, y3)); ib4 = i32x4.add(ib4, dot32c(v0, v1, v2, v3, y0, y1, y2, y3)); p += xsb;
+  y0 = v128.load(p); y1 = v128.load(p, 16); y2 = v128.load(p, 32); y3 = v128.load(p, 48);
+  ia5 = i32x4.add(ia5, dot32c(w0, w1, w2, w3, y0, y1, y2, y3)); ib5 = i32x4.add(ib5, dot32c(v0, v1, v2, v3, y0, y1, y2, y3)); p += xsb;
+  y0 = v128.load(p); y1 = v128.load(p, 16); y2 = v128.load(p, 32); y3 = v128.load(p, 48);
+  ia6 = i32x4.add(ia6, dot32c(w0, w1, w2, w3, y0, y1, y2, y3)); ib6 = i32x4.add(ib6, dot32c(v0, v1, v2, v3, y0, y1, y2, y3)); p += xsb;
+  y0 = v128.load(p); y1 = v128.load(p, 16); y2 = v128.load(p, 32); y3 = v128.load(p, 48);
+  ia7 = i32x4.add(ia7, dot32c(w0, w1, w2, w3, y0, y1, y2, y3)); ib7 = i32x4.add(ib7, dot32c(v0, v1, v2, v3, y0, y1, y2, y3));
+}
+
 /** Rows wr and wr + rowBytes · tokens i..i+7: idot8 for two rows, each activation load serving both. */
 // @ts-ignore: decorator
 @inline function idot8x2<F>(xc: usize, sc: usize, sums: usize, np: i32, i: i32, wr: usize, rowBytes: usize, k: i32, out: usize, osb: usize, cnt: i32): void {
@@ -1520,49 +1571,20 @@ let ib4: v128 = i32x4.splat(0), ib5: v128 = i32x4.splat(0), ib6: v128 = i32x4.sp
   let accA = f32x4.splat(0), accB = f32x4.splat(0), accC = f32x4.splat(0), accD = f32x4.splat(0);
   for (let b = 0; b < nb; b++) {
     const blk = wr + <usize>b * qBytes<F>(), blk2 = blk + rowBytes;
-    for (let s = 0; s < subs; s++) {
+    // Sub-block 0 starts the sums; the loop over the others vanishes for q8_0/q4_0.
+    {
+      const sc0 = i16x8.splat(<i16>isub0<F>(blk, 0)), sc1 = i16x8.splat(<i16>isub1<F>(blk, 0));
+      const tc0 = i16x8.splat(<i16>isub0<F>(blk2, 0)), tc1 = i16x8.splat(<i16>isub1<F>(blk2, 0));
+      x2set(x0 + ((<usize>(b * qValues<F>())) << 1), xsb,
+        iw<F>(blk, 0, 0, sc0, sc1), iw<F>(blk, 0, 1, sc0, sc1), iw<F>(blk, 0, 2, sc0, sc1), iw<F>(blk, 0, 3, sc0, sc1),
+        iw<F>(blk2, 0, 0, tc0, tc1), iw<F>(blk2, 0, 1, tc0, tc1), iw<F>(blk2, 0, 2, tc0, tc1), iw<F>(blk2, 0, 3, tc0, tc1));
+    }
+    for (let s = 1; s < subs; s++) {
       const sc0 = i16x8.splat(<i16>isub0<F>(blk, s)), sc1 = i16x8.splat(<i16>isub1<F>(blk, s));
-      const w0 = iw<F>(blk, s, 0, sc0, sc1), w1 = iw<F>(blk, s, 1, sc0, sc1), w2 = iw<F>(blk, s, 2, sc0, sc1), w3 = iw<F>(blk, s, 3, sc0, sc1);
       const tc0 = i16x8.splat(<i16>isub0<F>(blk2, s)), tc1 = i16x8.splat(<i16>isub1<F>(blk2, s));
-      const v0 = iw<F>(blk2, s, 0, tc0, tc1), v1 = iw<F>(blk2, s, 1, tc0, tc1), v2 = iw<F>(blk2, s, 2, tc0, tc1), v3 = iw<F>(blk2, s, 3, tc0, tc1);
-      const o = x0 + ((<usize>(b * qValues<F>() + (s << 5))) << 1);
-      if (s == 0) {
-        let p = o;
-        let y0 = v128.load(p), y1 = v128.load(p, 16), y2 = v128.load(p, 32), y3 = v128.load(p, 48);
-        ia0 = dot32(w0, w1, w2, w3, y0, y1, y2, y3); ib0 = dot32(v0, v1, v2, v3, y0, y1, y2, y3); p += xsb;
-        y0 = v128.load(p); y1 = v128.load(p, 16); y2 = v128.load(p, 32); y3 = v128.load(p, 48);
-        ia1 = dot32(w0, w1, w2, w3, y0, y1, y2, y3); ib1 = dot32(v0, v1, v2, v3, y0, y1, y2, y3); p += xsb;
-        y0 = v128.load(p); y1 = v128.load(p, 16); y2 = v128.load(p, 32); y3 = v128.load(p, 48);
-        ia2 = dot32(w0, w1, w2, w3, y0, y1, y2, y3); ib2 = dot32(v0, v1, v2, v3, y0, y1, y2, y3); p += xsb;
-        y0 = v128.load(p); y1 = v128.load(p, 16); y2 = v128.load(p, 32); y3 = v128.load(p, 48);
-        ia3 = dot32(w0, w1, w2, w3, y0, y1, y2, y3); ib3 = dot32(v0, v1, v2, v3, y0, y1, y2, y3); p += xsb;
-        y0 = v128.load(p); y1 = v128.load(p, 16); y2 = v128.load(p, 32); y3 = v128.load(p, 48);
-        ia4 = dot32(w0, w1, w2, w3, y0, y1, y2, y3); ib4 = dot32(v0, v1, v2, v3, y0, y1, y2, y3); p += xsb;
-        y0 = v128.load(p); y1 = v128.load(p, 16); y2 = v128.load(p, 32); y3 = v128.load(p, 48);
-        ia5 = dot32(w0, w1, w2, w3, y0, y1, y2, y3); ib5 = dot32(v0, v1, v2, v3, y0, y1, y2, y3); p += xsb;
-        y0 = v128.load(p); y1 = v128.load(p, 16); y2 = v128.load(p, 32); y3 = v128.load(p, 48);
-        ia6 = dot32(w0, w1, w2, w3, y0, y1, y2, y3); ib6 = dot32(v0, v1, v2, v3, y0, y1, y2, y3); p += xsb;
-        y0 = v128.load(p); y1 = v128.load(p, 16); y2 = v128.load(p, 32); y3 = v128.load(p, 48);
-        ia7 = dot32(w0, w1, w2, w3, y0, y1, y2, y3); ib7 = dot32(v0, v1, v2, v3, y0, y1, y2, y3);
-      } else {
-        let p = o;
-        let y0 = v128.load(p), y1 = v128.load(p, 16), y2 = v128.load(p, 32), y3 = v128.load(p, 48);
-        ia0 = i32x4.add(ia0, dot32(w0, w1, w2, w3, y0, y1, y2, y3)); ib0 = i32x4.add(ib0, dot32(v0, v1, v2, v3, y0, y1, y2, y3)); p += xsb;
-        y0 = v128.load(p); y1 = v128.load(p, 16); y2 = v128.load(p, 32); y3 = v128.load(p, 48);
-        ia1 = i32x4.add(ia1, dot32(w0, w1, w2, w3, y0, y1, y2, y3)); ib1 = i32x4.add(ib1, dot32(v0, v1, v2, v3, y0, y1, y2, y3)); p += xsb;
-        y0 = v128.load(p); y1 = v128.load(p, 16); y2 = v128.load(p, 32); y3 = v128.load(p, 48);
-        ia2 = i32x4.add(ia2, dot32(w0, w1, w2, w3, y0, y1, y2, y3)); ib2 = i32x4.add(ib2, dot32(v0, v1, v2, v3, y0, y1, y2, y3)); p += xsb;
-        y0 = v128.load(p); y1 = v128.load(p, 16); y2 = v128.load(p, 32); y3 = v128.load(p, 48);
-        ia3 = i32x4.add(ia3, dot32(w0, w1, w2, w3, y0, y1, y2, y3)); ib3 = i32x4.add(ib3, dot32(v0, v1, v2, v3, y0, y1, y2, y3)); p += xsb;
-        y0 = v128.load(p); y1 = v128.load(p, 16); y2 = v128.load(p, 32); y3 = v128.load(p, 48);
-        ia4 = i32x4.add(ia4, dot32(w0, w1, w2, w3, y0, y1, y2, y3)); ib4 = i32x4.add(ib4, dot32(v0, v1, v2, v3, y0, y1, y2, y3)); p += xsb;
-        y0 = v128.load(p); y1 = v128.load(p, 16); y2 = v128.load(p, 32); y3 = v128.load(p, 48);
-        ia5 = i32x4.add(ia5, dot32(w0, w1, w2, w3, y0, y1, y2, y3)); ib5 = i32x4.add(ib5, dot32(v0, v1, v2, v3, y0, y1, y2, y3)); p += xsb;
-        y0 = v128.load(p); y1 = v128.load(p, 16); y2 = v128.load(p, 32); y3 = v128.load(p, 48);
-        ia6 = i32x4.add(ia6, dot32(w0, w1, w2, w3, y0, y1, y2, y3)); ib6 = i32x4.add(ib6, dot32(v0, v1, v2, v3, y0, y1, y2, y3)); p += xsb;
-        y0 = v128.load(p); y1 = v128.load(p, 16); y2 = v128.load(p, 32); y3 = v128.load(p, 48);
-        ia7 = i32x4.add(ia7, dot32(w0, w1, w2, w3, y0, y1, y2, y3)); ib7 = i32x4.add(ib7, dot32(v0, v1, v2, v3, y0, y1, y2, y3));
-      }
+      x2add(x0 + ((<usize>(b * qValues<F>() + (s << 5))) << 1), xsb,
+        iw<F>(blk, s, 0, sc0, sc1), iw<F>(blk, s, 1, sc0, sc1), iw<F>(blk, s, 2, sc0, sc1), iw<F>(blk, s, 3, sc0, sc1),
+        iw<F>(blk2, s, 0, tc0, tc1), iw<F>(blk2, s, 1, tc0, tc1), iw<F>(blk2, s, 2, tc0, tc1), iw<F>(blk2, s, 3, tc0, tc1));
     }
     const dxA = v128.load(fptr(sc, b * np + i)), dxB = v128.load(fptr(sc, b * np + i + 4));
     const sp = sums + (<usize>i * ssb) + (<usize>b << 4);
