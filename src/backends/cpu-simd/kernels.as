@@ -1382,6 +1382,13 @@ export function quantize_q8(x: usize, xs: i32, n: i32, k: i32, bl: i32, codes: u
   return half(<u32>load<u16>(isFloat<F>() /* q6_k */ ? blk + 208 : blk));
 }
 
+/** The f16 scales of the blocks at a and b converted together (half4): lanes [d(a), d(b), 0, 0]. */
+// @ts-ignore: decorator
+@inline function dScale2<F>(a: usize, b: usize): v128 {
+  const o: usize = isFloat<F>() /* q6_k */ ? 208 : 0;
+  return half4(v128.load16_lane(b + o, v128.load16_lane(a + o, i32x4.splat(0), 0), 2));
+}
+
 /**
  * A block's contribution for four tokens, before the activation scales: d · (the integer sums
  * a0..a3 reduced per token), less dmin · Σ m·(code sums) for q4_k (m: the block's eight mins,
@@ -1587,14 +1594,14 @@ let ib4: v128 = i32x4.splat(0), ib5: v128 = i32x4.splat(0), ib6: v128 = i32x4.sp
         iw<F>(blk2, s, 0, tc0, tc1), iw<F>(blk2, s, 1, tc0, tc1), iw<F>(blk2, s, 2, tc0, tc1), iw<F>(blk2, s, 3, tc0, tc1));
     }
     const dxA = v128.load(fptr(sc, b * np + i)), dxB = v128.load(fptr(sc, b * np + i + 4));
-    const sp = sums + (<usize>i * ssb) + (<usize>b << 4);
+    const sp = sums + (<usize>i * ssb) + (<usize>b << 4), dd = dScale2<F>(blk, blk2);
     {
-      const d = f32x4.splat(dScale<F>(blk)), dmin = idmin<F>(blk), m = imins0<F>(blk);
+      const d = v128.shuffle<f32>(dd, dd, 0, 0, 0, 0), dmin = idmin<F>(blk), m = imins0<F>(blk);
       accA = f32x4.add(accA, f32x4.mul(iblock4<F>(d, dmin, m, ia0, ia1, ia2, ia3, sp, ssb), dxA));
       accB = f32x4.add(accB, f32x4.mul(iblock4<F>(d, dmin, m, ia4, ia5, ia6, ia7, sp + 4 * ssb, ssb), dxB));
     }
     {
-      const d = f32x4.splat(dScale<F>(blk2)), dmin = idmin<F>(blk2), m = imins0<F>(blk2);
+      const d = v128.shuffle<f32>(dd, dd, 1, 1, 1, 1), dmin = idmin<F>(blk2), m = imins0<F>(blk2);
       accC = f32x4.add(accC, f32x4.mul(iblock4<F>(d, dmin, m, ib0, ib1, ib2, ib3, sp, ssb), dxA));
       accD = f32x4.add(accD, f32x4.mul(iblock4<F>(d, dmin, m, ib4, ib5, ib6, ib7, sp + 4 * ssb, ssb), dxB));
     }
