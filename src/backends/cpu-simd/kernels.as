@@ -1761,8 +1761,20 @@ let ib4: v128 = i32x4.splat(0), ib5: v128 = i32x4.splat(0), ib6: v128 = i32x4.sp
   let acc = f32x4.splat(0);
   for (let b = 0; b < nb; b++) {
     const blk = wr + <usize>b * 210, o0 = xr + (<usize>b << 9);
-    // The block's four quarters (half h of the block, half hv of its 16-byte rows), unrolled.
-    const ai = i32x4.add(i32x4.add(q6quarter(blk, o0, 0, 0), q6quarter(blk, o0, 0, 1)), i32x4.add(q6quarter(blk, o0, 1, 0), q6quarter(blk, o0, 1, 1)));
+    // The 16 int8 scales widened once (scale j in lane j & 3 of S[j >> 2]), then the block's
+    // four quarters (half h of the block, half hv of its 16-byte rows), unrolled; quarter
+    // (h, hv) takes scales 8h + hv + 2qq.
+    const s8 = v128.load(blk + 192);
+    const l16 = i16x8.extend_low_i8x16_s(s8), h16 = i16x8.extend_high_i8x16_s(s8);
+    const S0 = i32x4.extend_low_i16x8_s(l16), S1 = i32x4.extend_high_i16x8_s(l16);
+    const S2 = i32x4.extend_low_i16x8_s(h16), S3 = i32x4.extend_high_i16x8_s(h16);
+    const ai = i32x4.add(
+      i32x4.add(
+        q6quarter(blk, o0, 0, 0, v128.shuffle<i32>(S0, S0, 0, 0, 0, 0), v128.shuffle<i32>(S0, S0, 2, 2, 2, 2), v128.shuffle<i32>(S1, S1, 0, 0, 0, 0), v128.shuffle<i32>(S1, S1, 2, 2, 2, 2)),
+        q6quarter(blk, o0, 0, 1, v128.shuffle<i32>(S0, S0, 1, 1, 1, 1), v128.shuffle<i32>(S0, S0, 3, 3, 3, 3), v128.shuffle<i32>(S1, S1, 1, 1, 1, 1), v128.shuffle<i32>(S1, S1, 3, 3, 3, 3))),
+      i32x4.add(
+        q6quarter(blk, o0, 1, 0, v128.shuffle<i32>(S2, S2, 0, 0, 0, 0), v128.shuffle<i32>(S2, S2, 2, 2, 2, 2), v128.shuffle<i32>(S3, S3, 0, 0, 0, 0), v128.shuffle<i32>(S3, S3, 2, 2, 2, 2)),
+        q6quarter(blk, o0, 1, 1, v128.shuffle<i32>(S2, S2, 1, 1, 1, 1), v128.shuffle<i32>(S2, S2, 3, 3, 3, 3), v128.shuffle<i32>(S3, S3, 1, 1, 1, 1), v128.shuffle<i32>(S3, S3, 3, 3, 3, 3))));
     acc = f32x4.add(acc, f32x4.mul(f32x4.convert_i32x4_s(ai), f32x4.splat(half(<u32>load<u16>(blk + 208)) * load<f32>(fptr(sc, b * np + i)))));
   }
   return hsum(acc);
@@ -1770,19 +1782,18 @@ let ib4: v128 = i32x4.splat(0), ib5: v128 = i32x4.splat(0), ib6: v128 = i32x4.sp
 
 /**
  * One quarter of a q6_k block (64 values) · the activation codes of its block at o0, scaled by
- * the sub-block scales (int32 lanes). Each sub-block's sum goes through a per-thread global
- * (ia0..ia3) so the four are computed in turn instead of after all loads (see idot8).
+ * the sub-block scales s0..s3 (splat; int32 lanes). Each sub-block's sum goes through a
+ * per-thread global (ia0..ia3) so the four are computed in turn, not after all loads (idot8).
  */
 // @ts-ignore: decorator
-@inline function q6quarter(blk: usize, o0: usize, h: i32, hv: i32): v128 {
+@inline function q6quarter(blk: usize, o0: usize, h: i32, hv: i32, s0: v128, s1: v128, s2: v128, s3: v128): v128 {
   const ql = blk + (<usize>h << 6) + (<usize>hv << 4);
   const lo0 = v128.load(ql), lo1 = v128.load(ql, 32), hi = v128.load(blk + 128 + (<usize>h << 5) + (<usize>hv << 4));
-  const sc8 = blk + 192 + (<usize>h << 3) + <usize>hv; // scale of (sub-block h·4 + qq, half hv) at sc8 + 2·qq
-  const xo = o0 + (<usize>h << 8) + (<usize>hv << 5); // sub-block h·4 + qq at xo + 64·qq
-  ia0 = i32x4.mul(q6dot(lo0, hi, 0, xo), i32x4.splat(<i32>load<i8>(sc8)));
-  ia1 = i32x4.mul(q6dot(lo1, hi, 1, xo + 64), i32x4.splat(<i32>load<i8>(sc8, 2)));
-  ia2 = i32x4.mul(q6dot(lo0, hi, 2, xo + 128), i32x4.splat(<i32>load<i8>(sc8, 4)));
-  ia3 = i32x4.mul(q6dot(lo1, hi, 3, xo + 192), i32x4.splat(<i32>load<i8>(sc8, 6)));
+  const xo = o0 + (<usize>h << 8) + (<usize>hv << 5); // sub-block h·4 + qq at xo + 64·qq, scaled by s<qq>
+  ia0 = i32x4.mul(q6dot(lo0, hi, 0, xo), s0);
+  ia1 = i32x4.mul(q6dot(lo1, hi, 1, xo + 64), s1);
+  ia2 = i32x4.mul(q6dot(lo0, hi, 2, xo + 128), s2);
+  ia3 = i32x4.mul(q6dot(lo1, hi, 3, xo + 192), s3);
   return i32x4.add(i32x4.add(ia0, ia1), i32x4.add(ia2, ia3));
 }
 
