@@ -14,7 +14,7 @@ import type { Checkpoint } from '../formats/types.js';
 import { parseDeepseekConfig, type DeepseekConfig } from './config.js';
 import { WeightPreparer, WeightReader, type WeightSource } from './weights.js';
 import { Placement } from '../engine/placement.js';
-import { createModelCache, type ForwardBatch, type LanguageModel, type LayerRouting, type LoadOptions, type ModelCache } from './model.js';
+import { createModelCache, releaseAll, type ForwardBatch, type LanguageModel, type LayerRouting, type LoadOptions, type ModelCache } from './model.js';
 
 export type { ForwardBatch, LayerRouting, LoadOptions, ModelCache } from './model.js';
 
@@ -273,7 +273,7 @@ export class DeepseekModel implements LanguageModel {
     const en = b.rmsNorm(e, mtp.enorm, eps), hn = b.rmsNorm(h, mtp.hnorm, eps);
     const both = b.concatCols(en, hn);
     const x0 = b.matmul(both, mtp.ehProj);
-    free(b, e, en, hn, both);
+    releaseAll(b, e, en, hn, both);
     if (h !== hidden) b.release(h);
     const x = this.decoderLayer(mtp.decoder, x0, batch, cache);
     b.release(x0);
@@ -289,11 +289,11 @@ export class DeepseekModel implements LanguageModel {
     const xn = b.rmsNorm(x, layer.inputNorm, eps);
     const att = this.attention(layer, xn, batch, cache);
     const h = b.add(x, att);
-    free(b, xn, att);
+    releaseAll(b, xn, att);
     const hn = b.rmsNorm(h, layer.postAttnNorm, eps);
     const mlp = this.mlp(layer, hn, routings);
     const out = b.add(h, mlp);
-    free(b, hn, h, mlp);
+    releaseAll(b, hn, h, mlp);
     return out;
   }
 
@@ -308,7 +308,7 @@ export class DeepseekModel implements LanguageModel {
     else {
       const qa = b.matmul(x, a.qA!), qn = b.rmsNorm(qa, a.qANorm!, eps);
       qFull = b.matmul(qn, a.qB!);
-      free(b, qa, qn);
+      releaseAll(b, qa, qn);
     }
     const q = b.rope(qFull, batch.positions, this.invFreq, heads, nopeDim + ropeDim, nopeDim);
     const kv = b.matmul(x, a.kvA);
@@ -319,10 +319,10 @@ export class DeepseekModel implements LanguageModel {
     const poolLayer = cache.poolLayer[layer.index];
     const entry = b.concatCols(latent, kRope);
     b.writeKV(pool, poolLayer, entry, batch);
-    free(b, qFull, kv, latentRaw, ropeRaw, latent, kRope, entry);
+    releaseAll(b, qFull, kv, latentRaw, ropeRaw, latent, kRope, entry);
     const out = b.mlaAttention(q, a.kvB, pool, poolLayer, batch, this.mla);
     const y = b.matmul(out, a.o);
-    free(b, q, out);
+    releaseAll(b, q, out);
     return y;
   }
 
@@ -338,7 +338,7 @@ export class DeepseekModel implements LanguageModel {
     if (!m.shared) return routed;
     const shared = ffn(b, x, m.shared);
     const y = b.add(routed, shared);
-    free(b, routed, shared);
+    releaseAll(b, routed, shared);
     return y;
   }
 }
@@ -347,14 +347,10 @@ export class DeepseekModel implements LanguageModel {
 function ffn(b: Backend, x: Tensor, w: { gate: DeviceWeight; up: DeviceWeight; down: DeviceWeight }): Tensor {
   const g = b.matmul(x, w.gate), u = b.matmul(x, w.up);
   const a = b.swiglu(g, u);
-  free(b, g, u);
+  releaseAll(b, g, u);
   const y = b.matmul(a, w.down);
   b.release(a);
   return y;
-}
-
-function free(b: Backend, ...ts: Tensor[]): void {
-  for (const t of ts) b.release(t);
 }
 
 // ---- which tensors the architecture needs ------------------------------------------------

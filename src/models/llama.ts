@@ -9,7 +9,7 @@
  */
 import type { Backend, DeviceWeight, MlaShape, Tensor } from '../backends/backend.js';
 import { Placement } from '../engine/placement.js';
-import { createModelCache, type ForwardBatch, type LanguageModel, type LoadOptions, type ModelCache, type ModelShape } from './model.js';
+import { createModelCache, releaseAll, type ForwardBatch, type LanguageModel, type LoadOptions, type ModelCache, type ModelShape } from './model.js';
 import { WeightPreparer, type WeightSource } from './weights.js';
 
 export interface LlamaConfig extends ModelShape {
@@ -185,7 +185,6 @@ export class LlamaModel implements LanguageModel {
     let x = b.embedding(this.embed, batch.tokens);
     const eps = this.cfg.rmsNormEps;
     // Dead activations are released at once (Backend.release), as in deepseek.ts.
-    const free = (...ts: Tensor[]) => { for (const t of ts) b.release(t); };
     for (const layer of this.layers) {
       const here = await this.placement.move(x, b, layer.backend);
       if (here !== x) b.release(x);
@@ -193,13 +192,13 @@ export class LlamaModel implements LanguageModel {
       const xn = b.rmsNorm(here, layer.inputNorm, eps);
       const att = this.attention(layer, xn, batch, cache);
       const h = b.add(here, att);
-      free(here, xn, att);
+      releaseAll(b, here, xn, att);
       const y = b.rmsNorm(h, layer.postAttnNorm, eps);
       const g = b.matmul(y, layer.gate), u = b.matmul(y, layer.up);
       const a = b.swiglu(g, u);
       const down = b.matmul(a, layer.down);
       x = b.add(h, down);
-      free(y, g, u, a, down, h);
+      releaseAll(b, y, g, u, a, down, h);
     }
     const out = b.rmsNorm(x, this.finalNorm, eps);
     b.release(x);

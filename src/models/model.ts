@@ -93,3 +93,8 @@ export function createModelCache(placement: Placement, layers: number, slotsPerL
   for (const [b, n] of counts) pools.set(b, b.createKVPool(n, numBlocks, blockSize, width));
   return { pools, blockSize, numBlocks, poolLayer };
 }
+
+/** Releases each of ts on b (Backend.release): the forward passes free their dead intermediates at once. */
+export function releaseAll(b: Backend, ...ts: Tensor[]): void {
+  for (const t of ts) b.release(t);
+}
