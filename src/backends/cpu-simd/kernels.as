@@ -1471,10 +1471,7 @@ let ia4: v128 = i32x4.splat(0), ia5: v128 = i32x4.splat(0), ia6: v128 = i32x4.sp
     const sp = sums + (<usize>i * ssb) + (<usize>b << 4);
     acc = f32x4.add(acc, f32x4.mul(iblock4<F>(f32x4.splat(dScale<F>(blk)), idmin<F>(blk), imins0<F>(blk), ia0, ia1, ia2, ia3, sp, ssb), v128.load(fptr(sc, b * np + i))));
   }
-  store<f32>(out, f32x4.extract_lane(acc, 0));
-  if (cnt > 1) store<f32>(out + osb, f32x4.extract_lane(acc, 1));
-  if (cnt > 2) store<f32>(out + 2 * osb, f32x4.extract_lane(acc, 2));
-  if (cnt > 3) store<f32>(out + 3 * osb, f32x4.extract_lane(acc, 3));
+  store8(out, osb, acc, acc, cnt); // cnt <= 4: only acc's lanes
 }
 
 /** Row wr · tokens i..i+7: idot4 for eight tokens (each unpacked weight serves eight). */
