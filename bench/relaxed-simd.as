@@ -40,6 +40,26 @@ export function dotRelaxed(w: usize, x: usize, n: i32, reps: i32): i32 {
   return i32x4.extract_lane(s, 0) + i32x4.extract_lane(s, 1) + i32x4.extract_lane(s, 2) + i32x4.extract_lane(s, 3);
 }
 
+/**
+ * The same with i16x8.relaxed_dot_i8x16_i7x16_s (no accumulate), as the CPU backend's relaxed
+ * k-quant kernels use it: pairs summed in int16, two such added, then widened pairwise.
+ */
+export function dotRelaxed16(w: usize, x: usize, n: i32, reps: i32): i32 {
+  let a0 = i32x4.splat(0), a1 = i32x4.splat(0);
+  const m = i8x16.splat(15);
+  for (let r = 0; r < reps; r++) {
+    for (let i = 0; i < n; i += 32) {
+      const b0 = v128.load(w + i), b1 = v128.load(w + i, 16), o = x + (<usize>i << 1);
+      a0 = i32x4.add(a0, i32x4.extadd_pairwise_i16x8_s(i16x8.add(
+        i16x8.relaxed_dot_i8x16_i7x16_s(v128.load(o), v128.and(b0, m)), i16x8.relaxed_dot_i8x16_i7x16_s(v128.load(o, 16), v128.and(b1, m)))));
+      a1 = i32x4.add(a1, i32x4.extadd_pairwise_i16x8_s(i16x8.add(
+        i16x8.relaxed_dot_i8x16_i7x16_s(v128.load(o, 32), i8x16.shr_u(b0, 4)), i16x8.relaxed_dot_i8x16_i7x16_s(v128.load(o, 48), i8x16.shr_u(b1, 4)))));
+    }
+  }
+  const s = i32x4.add(a0, a1);
+  return i32x4.extract_lane(s, 0) + i32x4.extract_lane(s, 1) + i32x4.extract_lane(s, 2) + i32x4.extract_lane(s, 3);
+}
+
 /** Σ a[i]·b[i] (float32) with f32x4.mul and f32x4.add, four accumulators. */
 export function dotF32(a: usize, b: usize, n: i32, reps: i32): f32 {
   let s0 = f32x4.splat(0), s1 = f32x4.splat(0), s2 = f32x4.splat(0), s3 = f32x4.splat(0);

@@ -21,7 +21,7 @@ async function bench(args: string[]): Promise<string> {
 
 it('prints prefill and decode tokens/s and peak RSS; --threads reaches the backend', async () => {
   const out = await bench(['--model', demo, '--prompt-tokens', '8', '--gen-tokens', '4', '--threads', '2', '--device', 'cpu']);
-  assert.match(out, /^device: cpu \(WebAssembly SIMD, 2 threads\)$/m);
+  assert.match(out, /^device: cpu \(WebAssembly SIMD( \+ relaxed)?, 2 threads\)$/m);
   assert.match(out, /^prefill: 8 tokens, \d+(\.\d+)? tok\/s$/m);
   assert.match(out, /^decode: 4 tokens, \d+(\.\d+)? tok\/s$/m);
   assert.match(out, /^peak RSS: \d+ MiB$/m);

@@ -12,7 +12,7 @@ import { after, before, describe, it } from 'node:test';
 import assert from 'node:assert/strict';
 import type { HostWeight } from '../src/backends/backend.js';
 import { kernelsFor } from '../src/backends/cpu-simd/formats.js';
-import { INT8_MIN_TOKENS, SimdCpuBackend } from '../src/backends/cpu-simd/simd-backend.js';
+import { INT8_MIN_TOKENS, SimdCpuBackend, relaxedSimdUsable } from '../src/backends/cpu-simd/simd-backend.js';
 import { backendConformance, q8Slack, quantizeQ8Rows, randomWeight, rngFor, type FormatSpec } from './conformance.js';
 import * as ref from './reference-ops.js';
 
@@ -26,6 +26,8 @@ backendConformance('cpu-simd (2 threads)', () => SimdCpuBackend.create({ threads
 backendConformance('cpu-simd (1 thread)', () => SimdCpuBackend.create({ threads: 1 }), { q8Activations });
 // Block formats on the float path too (its kernels still serve int8MinTokens: Infinity and MLA's kv_b).
 backendConformance('cpu-simd (2 threads, float path only)', () => SimdCpuBackend.create({ threads: 2, minParallelWork: 0, int8MinTokens: Infinity }));
+// The SIMD128 build (the default uses the relaxed-SIMD one where it runs exactly: its k-quant kernels differ).
+backendConformance('cpu-simd (2 threads, SIMD128 build)', () => SimdCpuBackend.create({ threads: 2, minParallelWork: 0, relaxedSimd: false }), { q8Activations });
 backendConformance('cpu-simd (2 threads, 4 MiB shards)', () => SimdCpuBackend.create({ threads: 2, minParallelWork: 0, shardBytes: 4 << 20, gcBudgetBytes: 1 << 20 }), { q8Activations });
 
 /** The same weight with every subnormal code replaced by the smallest normal one of its sign. */
@@ -39,12 +41,23 @@ function withoutSubnormals(w: HostWeight): HostWeight {
 }
 
 describe('cpu-simd: fast and subnormal-safe decoders', () => {
-  let b: SimdCpuBackend, fl: SimdCpuBackend;
+  let b: SimdCpuBackend, fl: SimdCpuBackend, s128: SimdCpuBackend;
   before(async () => {
     b = await SimdCpuBackend.create({ threads: 2, minParallelWork: 0 });
     fl = await SimdCpuBackend.create({ threads: 2, minParallelWork: 0, int8MinTokens: Infinity });
+    s128 = await SimdCpuBackend.create({ threads: 2, minParallelWork: 0, relaxedSimd: false });
   });
-  after(() => { b?.dispose(); fl?.dispose(); });
+  after(() => { b?.dispose(); fl?.dispose(); s128?.dispose(); });
+
+  it('uses the relaxed-SIMD build where it runs exactly (Node 20: behind a V8 flag the backend sets), SIMD128 when told', () => {
+    assert.equal(b.relaxed, relaxedSimdUsable());
+    assert.equal(s128.relaxed, false);
+    assert.match(b.info.name, b.relaxed ? /\+ relaxed/ : /^cpu \(WebAssembly SIMD, /);
+    assert.doesNotMatch(s128.info.name, /relaxed/);
+    const major = Number(process.versions.node.split('.')[0]);
+    // Every Node this project supports (>= 20) on x86-64 or Arm64 runs it.
+    if (major >= 20 && (process.arch === 'x64' || process.arch === 'arm64')) assert.equal(b.relaxed, true, 'relaxed SIMD usable here');
+  });
 
   const specs: FormatSpec[] = [{ format: 'f16' }, { format: 'fp8_e4m3_block', block: [128, 128] }, { format: 'fp8_e4m3_block', block: [3, 5] }];
   for (const spec of specs) {
@@ -80,27 +93,30 @@ describe('cpu-simd: fast and subnormal-safe decoders', () => {
         }
         return { mag, worst };
       };
-      for (const [n, m, k] of [[1, 67, 4 * per], [2, 9, per], [3, 9, per], [6, 130, 2 * per], [12, 6, per], [33, 5, per]] as const) {
-        const w = randomWeight(rng, { format }, m, k, 0.5);
-        const kernels = kernelsFor(w);
-        assert.equal(kernels?.matmul, `matmul_${format}`);
-        assert.equal(kernels?.int8?.matmul, `imatmul_${format}`);
-        const dw = b.uploadWeight(w);
-        assert.equal((dw as unknown as { kernels: unknown }).kernels !== null, true);
-        const x = ref.mat(n, k, rng.floats(n * k, -2, 2));
-        const got = await b.read(b.matmul(b.fromHost(Float32Array.from(x.data), n, k), dw));
-        const what = `${format} [${n}, ${m}, ${k}]`;
-        assert.equal(q8Activations(format, n), per, `${what}: the integer path applies`);
-        // Integer path: exact up to float32 rounding on the same q8 activations, and within the
-        // quantization bound of the exact result.
-        const { q, step } = quantizeQ8Rows(x, per);
-        const same = maxDiff(got, ref.refMatmul(q, w));
-        assert.ok(same.worst <= 1e-4 * Math.max(1, same.mag), `${what}, integer path vs q8 reference: max |diff| ${same.worst} (max |expected| ${same.mag})`);
-        const exact = maxDiff(got, ref.refMatmul(x, w), q8Slack(ref.dequantize(w), step, n));
-        assert.ok(exact.worst <= 1e-4 * Math.max(1, exact.mag), `${what}, integer path vs exact: max |diff| beyond the q8 bound ${exact.worst}`);
-        // The float path (int8MinTokens: Infinity) is exact.
-        const f = maxDiff(await fl.read(fl.matmul(fl.fromHost(Float32Array.from(x.data), n, k), fl.uploadWeight(w))), ref.refMatmul(x, w));
-        assert.ok(f.worst <= 1e-4 * Math.max(1, f.mag), `${what}, float path: max |diff| ${f.worst} (max |expected| ${f.mag})`);
+      for (const be of [b, s128]) {
+        for (const [n, m, k] of [[1, 67, 4 * per], [2, 9, per], [3, 9, per], [6, 130, 2 * per], [12, 6, per], [33, 5, per], [17, 3, per]] as const) {
+          const w = randomWeight(rng, { format }, m, k, 0.5);
+          const kernels = kernelsFor(w, be.relaxed);
+          assert.equal(kernels?.matmul, `matmul_${format}`);
+          const relaxedKernel = be.relaxed && (format === 'q4_k' || format === 'q6_k');
+          assert.equal(kernels?.int8?.matmul, relaxedKernel ? `imatmulr_${format}` : `imatmul_${format}`);
+          const dw = be.uploadWeight(w);
+          assert.equal((dw as unknown as { kernels: unknown }).kernels !== null, true);
+          const x = ref.mat(n, k, rng.floats(n * k, -2, 2));
+          const got = await be.read(be.matmul(be.fromHost(Float32Array.from(x.data), n, k), dw));
+          const what = `${format} [${n}, ${m}, ${k}] (${be.info.name})`;
+          assert.equal(q8Activations(format, n), per, `${what}: the integer path applies`);
+          // Integer path: exact up to float32 rounding on the same q8 activations, and within the
+          // quantization bound of the exact result.
+          const { q, step } = quantizeQ8Rows(x, per);
+          const same = maxDiff(got, ref.refMatmul(q, w));
+          assert.ok(same.worst <= 1e-4 * Math.max(1, same.mag), `${what}, integer path vs q8 reference: max |diff| ${same.worst} (max |expected| ${same.mag})`);
+          const exact = maxDiff(got, ref.refMatmul(x, w), q8Slack(ref.dequantize(w), step, n));
+          assert.ok(exact.worst <= 1e-4 * Math.max(1, exact.mag), `${what}, integer path vs exact: max |diff| beyond the q8 bound ${exact.worst}`);
+          // The float path (int8MinTokens: Infinity) is exact.
+          const f = maxDiff(await fl.read(fl.matmul(fl.fromHost(Float32Array.from(x.data), n, k), fl.uploadWeight(w))), ref.refMatmul(x, w));
+          assert.ok(f.worst <= 1e-4 * Math.max(1, f.mag), `${what}, float path: max |diff| ${f.worst} (max |expected| ${f.mag})`);
+        }
       }
     });
   }

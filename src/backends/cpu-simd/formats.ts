@@ -20,20 +20,23 @@ export interface FormatKernels {
 }
 
 /**
- * The prefill path of a block format: activations quantized by quantize_q8 to blocks of
- * `block` values (llama.cpp's q8_0 for q8_0/q4_0 weights, q8_K for the k-quants), with per-32
- * code sums when `sums` (q4_k's sub-block mins use them), then integer dot products.
+ * The integer path of a block format: activations quantized by `quantize` to blocks of `block`
+ * values (llama.cpp's q8_0 for q8_0/q4_0 weights, q8_K for the k-quants), with the code sums
+ * of every `sums` values (0: none; q4_k's sub-block mins use per-32 sums, q6_k's offset on the
+ * relaxed kernels per-16 ones), then integer dot products. quantize_q8 writes int16 codes
+ * (SIMD128 kernels), quantize_q8r int8 codes (relaxed-SIMD kernels; layouts in kernels.as).
  * imatmul(codes, scales, sums, n, w, k, r0, r1, out, os).
  */
 export interface Int8Kernels {
   matmul: KernelName;
+  quantize: 'quantize_q8' | 'quantize_q8r';
   block: 32 | 256;
-  sums: boolean;
+  sums: 0 | 16 | 32;
 }
 
 interface FormatEntry {
-  /** Kernels for this weight, or null when it must use the reference code. */
-  pick(w: HostWeight): FormatKernels | null;
+  /** Kernels for this weight (`relaxed`: the relaxed-SIMD build is loaded), or null when it must use the reference code. */
+  pick(w: HostWeight, relaxed: boolean): FormatKernels | null;
 }
 
 /**
@@ -87,19 +90,31 @@ export const FORMAT_KERNELS: Partial<Record<WeightFormat, FormatEntry>> = {
   },
   // llama.cpp's block formats: blocks are read in place and decoded in registers (kernels.as).
   // No rmsnorm kernel (norm weights are never block-quantized): the reference handles that case.
-  q8_0: { pick: () => ({ matmul: 'matmul_q8_0', mla: 'mla_q8_0', int8: { matmul: 'imatmul_q8_0', block: 32, sums: false } }) },
-  q4_0: { pick: () => ({ matmul: 'matmul_q4_0', mla: 'mla_q4_0', int8: { matmul: 'imatmul_q4_0', block: 32, sums: false } }) },
-  q4_k: { pick: () => ({ matmul: 'matmul_q4_k', mla: 'mla_q4_k', int8: { matmul: 'imatmul_q4_k', block: 256, sums: true } }) },
-  q6_k: { pick: () => ({ matmul: 'matmul_q6_k', mla: 'mla_q6_k', int8: { matmul: 'imatmul_q6_k', block: 256, sums: false } }) },
+  // The k-quants' codes are unsigned bytes before their offsets, which relaxed SIMD's byte dot
+  // product takes as they are (kernels.as); q8_0/q4_0 keep the SIMD128 kernels on either build.
+  q8_0: { pick: () => ({ matmul: 'matmul_q8_0', mla: 'mla_q8_0', int8: { matmul: 'imatmul_q8_0', quantize: 'quantize_q8', block: 32, sums: 0 } }) },
+  q4_0: { pick: () => ({ matmul: 'matmul_q4_0', mla: 'mla_q4_0', int8: { matmul: 'imatmul_q4_0', quantize: 'quantize_q8', block: 32, sums: 0 } }) },
+  q4_k: {
+    pick: (_w, relaxed) => ({
+      matmul: 'matmul_q4_k', mla: 'mla_q4_k',
+      int8: relaxed ? { matmul: 'imatmulr_q4_k', quantize: 'quantize_q8r', block: 256, sums: 32 } : { matmul: 'imatmul_q4_k', quantize: 'quantize_q8', block: 256, sums: 32 },
+    }),
+  },
+  q6_k: {
+    pick: (_w, relaxed) => ({
+      matmul: 'matmul_q6_k', mla: 'mla_q6_k',
+      int8: relaxed ? { matmul: 'imatmulr_q6_k', quantize: 'quantize_q8r', block: 256, sums: 16 } : { matmul: 'imatmul_q6_k', quantize: 'quantize_q8', block: 256, sums: 0 },
+    }),
+  },
 };
 
-/** The kernels for a weight, or null when it must use the reference code. */
-export function kernelsFor(w: HostWeight): FormatKernels | null {
+/** The kernels for a weight (on the relaxed-SIMD build when `relaxed`), or null when it must use the reference code. */
+export function kernelsFor(w: HostWeight, relaxed = false): FormatKernels | null {
   const entry = FORMAT_KERNELS[w.format];
   if (!entry) return null;
   if (isPackedFormat(w.format)) {
     const rb = packedRowBytes(w.format, w.cols);
     if (rb === null || !(w.data instanceof Uint8Array) || w.data.length !== w.rows * rb) return null;
   } else if (w.data.length !== w.rows * w.cols) return null;
-  return entry.pick(w);
+  return entry.pick(w, relaxed);
 }

@@ -1881,3 +1881,317 @@ export function imatmul_q4_k(xc: usize, sc: usize, sums: usize, n: i32, w: usize
 export function imatmul_q6_k(xc: usize, sc: usize, sums: usize, n: i32, w: usize, k: i32, r0: i32, r1: i32, out: usize, os: i32, part: i32, parts: i32): void {
   imatmul<Q6_K>(xc, sc, sums, n, w, k, r0, r1, out, os, part, parts);
 }
+
+// ---- relaxed SIMD: k-quants on int8 activations ---------------------------------------------
+//
+// scripts/build-wasm.js builds this file twice: kernels.wasm (SIMD128) and kernels-relaxed.wasm
+// (SIMD128 + relaxed SIMD, ASC_FEATURE_RELAXED_SIMD). The host uses the second where the engine
+// runs it and a start-up check finds it exact (simd-backend.ts). Its only relaxed instruction is
+// i16x8.relaxed_dot_i8x16_i7x16_s (x86: pmaddubsw; Arm: sdot/smull): the sum of two products of
+// a signed byte with a byte whose top bit is clear, which is fully specified (no implementation
+// choice) for such operands. The k-quants' codes are exactly that, before their offsets: q4_k
+// nibbles 0..15 and q6_k's six bits 0..63, so a weight byte multiplies an int8 activation code
+// directly (16 multiplies in one instruction, where the SIMD128 kernels widen both to int16).
+// Bounds: a lane of one relaxed dot is <= 2·63·127 < 2^15 (no saturation), of two added
+// (q4_k) <= 4·15·127; times the sub-block scale in i32x4.dot_i16x8_s, a 256-block stays far
+// inside int32. q6_k's offset (code - 32) comes out as 32 · Σ scale · (code sum of 16 values),
+// from the per-16 activation code sums quantize_q8r writes; q4_k's mins as in imatmul.
+// In the SIMD128 build these kernels are traps (never called: the host picks imatmul there).
+
+/**
+ * Activation rows [0, n) of x (stride xs floats, k values, k a multiple of 256) as q8_K blocks:
+ * int8 codes [n, k] at codes (code round(x / d), d = max |x| / 127 per 256 values), scales as
+ * quantize_q8 writes them (np per block, np = n rounded up to 4), and the code sums of every
+ * `sumBl` (16 or 32) values as int16 at sums[i, c / sumBl]. The matmul kernels read codes and
+ * sums of n rounded up to 8 rows and four scales past the last (quantize_q8's padding contract).
+ */
+export function quantize_q8r(x: usize, xs: i32, n: i32, k: i32, codes: usize, scales: usize, sums: usize, sumBl: i32, part: i32, parts: i32): void {
+  const lo = shareLo(0, n, 1, part, parts), hi = shareHi(0, n, 1, part, parts);
+  const np = (n + 3) & ~3, nb = k >> 8;
+  const absMask = i32x4.splat(0x7fffffff);
+  for (let i = lo; i < hi; i++) {
+    const xr = x + (<usize>i * <usize>xs << 2), cr = codes + <usize>i * <usize>k;
+    const sr = sums + ((<usize>i * <usize>(k / sumBl)) << 1);
+    for (let b = 0; b < nb; b++) {
+      const c0 = b << 8;
+      let m = f32x4.splat(0);
+      for (let c = c0; c < c0 + 256; c += 4) m = f32x4.max(m, v128.and(v128.load(fptr(xr, c)), absMask));
+      const amax = max(max(f32x4.extract_lane(m, 0), f32x4.extract_lane(m, 1)), max(f32x4.extract_lane(m, 2), f32x4.extract_lane(m, 3)));
+      const d: f32 = amax / 127;
+      const id = f32x4.splat(d != 0 ? <f32>1 / d : 0);
+      store<f32>(fptr(scales, b * np + i), d);
+      for (let c = c0; c < c0 + 256; c += 16) {
+        const q0 = i32x4.trunc_sat_f32x4_s(f32x4.nearest(f32x4.mul(v128.load(fptr(xr, c)), id)));
+        const q1 = i32x4.trunc_sat_f32x4_s(f32x4.nearest(f32x4.mul(v128.load(fptr(xr, c + 4)), id)));
+        const q2 = i32x4.trunc_sat_f32x4_s(f32x4.nearest(f32x4.mul(v128.load(fptr(xr, c + 8)), id)));
+        const q3 = i32x4.trunc_sat_f32x4_s(f32x4.nearest(f32x4.mul(v128.load(fptr(xr, c + 12)), id)));
+        const w0 = i16x8.narrow_i32x4_s(q0, q1), w1 = i16x8.narrow_i32x4_s(q2, q3);
+        v128.store(cr + <usize>c, i8x16.narrow_i16x8_s(w0, w1));
+        const s4 = i32x4.add(i32x4.extadd_pairwise_i16x8_s(w0), i32x4.extadd_pairwise_i16x8_s(w1));
+        const t = <i16>(i32x4.extract_lane(s4, 0) + i32x4.extract_lane(s4, 1) + i32x4.extract_lane(s4, 2) + i32x4.extract_lane(s4, 3));
+        const sp = sr + (<usize>(c / sumBl) << 1);
+        store<i16>(sp, sumBl == 16 || (c & 31) == 0 ? t : <i16>(load<i16>(sp) + t));
+      }
+    }
+  }
+}
+
+/** Σ pairs of (int8 a) · (b, top bit clear) as i16x8: the one relaxed instruction. */
+// @ts-ignore: decorator
+@inline function rdot(a: v128, b: v128): v128 {
+  if (ASC_FEATURE_RELAXED_SIMD) return i16x8.relaxed_dot_i8x16_i7x16_s(a, b);
+  else return unreachable();
+}
+
+/** Codes of values 16hv..16hv+15 of sub-block s (32 values) of a q4_k or q6_k block, unsigned bytes (no offset). */
+// @ts-ignore: decorator
+@inline function rw<F>(blk: usize, s: i32, hv: i32): v128 {
+  const c0f = i8x16.splat(15);
+  if (isQ4_K<F>()) {
+    const b = v128.load(blk + 16 + (<usize>(s >> 1) << 5) + (<usize>hv << 4));
+    return (s & 1) ? v128.and(i16x8.shr_u(b, 4), c0f) : v128.and(b, c0f);
+  }
+  const h = s >> 2, qq = s & 3;
+  const lo = v128.load(blk + (<usize>h << 6) + (<usize>(qq & 1) << 5) + (<usize>hv << 4));
+  const hi = v128.load(blk + 128 + (<usize>h << 5) + (<usize>hv << 4));
+  return v128.or(v128.and(qq >= 2 ? i16x8.shr_u(lo, 4) : lo, c0f), rhigh(hi, qq));
+}
+
+/** q6_k: bits 2qq, 2qq + 1 of each byte of hi moved to bits 4, 5 (16-bit shifts; the mask drops what crosses bytes). */
+// @ts-ignore: decorator
+@inline function rhigh(hi: v128, qq: i32): v128 {
+  const c30 = i8x16.splat(0x30);
+  if (qq == 0) return v128.and(i16x8.shl(hi, 4), c30);
+  if (qq == 1) return v128.and(i16x8.shl(hi, 2), c30);
+  if (qq == 2) return v128.and(hi, c30);
+  return v128.and(i16x8.shr_u(hi, 2), c30);
+}
+
+/** One token's 32 activation codes (y0, y1) · a sub-block's codes (w0, w1) times its scale(s), i32x4. */
+// @ts-ignore: decorator
+@inline function rsub<F>(y0: v128, y1: v128, w0: v128, w1: v128, s0: v128, s1: v128): v128 {
+  if (isQ4_K<F>()) return i32x4.dot_i16x8_s(i16x8.add(rdot(y0, w0), rdot(y1, w1)), s0);
+  return i32x4.add(i32x4.dot_i16x8_s(rdot(y0, w0), s0), i32x4.dot_i16x8_s(rdot(y1, w1), s1));
+}
+
+/**
+ * Sub-block (32 values) of rows A (w0, w1; scales s0, s1) and B (v0, v1; t0, t1) · tokens at p,
+ * p + xsb, ... (int8 codes), added to the per-thread sums ia/ib (zeroed per block by the caller).
+ */
+// @ts-ignore: decorator
+@inline function r2add<F>(p: usize, xsb: usize, w0: v128, w1: v128, s0: v128, s1: v128, v0: v128, v1: v128, t0: v128, t1: v128): void {
+  let y0 = v128.load(p), y1 = v128.load(p, 16);
+  ia0 = i32x4.add(ia0, rsub<F>(y0, y1, w0, w1, s0, s1)); ib0 = i32x4.add(ib0, rsub<F>(y0, y1, v0, v1, t0, t1)); p += xsb;
+  y0 = v128.load(p); y1 = v128.load(p, 16);
+  ia1 = i32x4.add(ia1, rsub<F>(y0, y1, w0, w1, s0, s1)); ib1 = i32x4.add(ib1, rsub<F>(y0, y1, v0, v1, t0, t1)); p += xsb;
+  y0 = v128.load(p); y1 = v128.load(p, 16);
+  ia2 = i32x4.add(ia2, rsub<F>(y0, y1, w0, w1, s0, s1)); ib2 = i32x4.add(ib2, rsub<F>(y0, y1, v0, v1, t0, t1)); p += xsb;
+  y0 = v128.load(p); y1 = v128.load(p, 16);
+  ia3 = i32x4.add(ia3, rsub<F>(y0, y1, w0, w1, s0, s1)); ib3 = i32x4.add(ib3, rsub<F>(y0, y1, v0, v1, t0, t1)); p += xsb;
+  y0 = v128.load(p); y1 = v128.load(p, 16);
+  ia4 = i32x4.add(ia4, rsub<F>(y0, y1, w0, w1, s0, s1)); ib4 = i32x4.add(ib4, rsub<F>(y0, y1, v0, v1, t0, t1)); p += xsb;
+  y0 = v128.load(p); y1 = v128.load(p, 16);
+  ia5 = i32x4.add(ia5, rsub<F>(y0, y1, w0, w1, s0, s1)); ib5 = i32x4.add(ib5, rsub<F>(y0, y1, v0, v1, t0, t1)); p += xsb;
+  y0 = v128.load(p); y1 = v128.load(p, 16);
+  ia6 = i32x4.add(ia6, rsub<F>(y0, y1, w0, w1, s0, s1)); ib6 = i32x4.add(ib6, rsub<F>(y0, y1, v0, v1, t0, t1)); p += xsb;
+  y0 = v128.load(p); y1 = v128.load(p, 16);
+  ia7 = i32x4.add(ia7, rsub<F>(y0, y1, w0, w1, s0, s1)); ib7 = i32x4.add(ib7, rsub<F>(y0, y1, v0, v1, t0, t1));
+}
+
+/** q6_k: the block's 16 int8 scales as int16, scales 0..7 (lo) or 8..15. */
+// @ts-ignore: decorator
+@inline function q6scales(blk: usize, hiHalf: bool): v128 {
+  const s8 = v128.load(blk + 192);
+  return hiHalf ? i16x8.extend_high_i8x16_s(s8) : i16x8.extend_low_i8x16_s(s8);
+}
+
+/** q6_k's offset for one token: 32 · Σ scale · (code sum of 16 values), sums at sp (i32x4 partial). */
+// @ts-ignore: decorator
+@inline function q6corr(slo: v128, shi: v128, sp: usize): v128 {
+  return i32x4.shl(i32x4.add(i32x4.dot_i16x8_s(slo, v128.load(sp)), i32x4.dot_i16x8_s(shi, v128.load(sp, 16))), 5);
+}
+
+/**
+ * A block's contribution for four tokens (integer sums a0..a3) before the activation scales:
+ * d · (Σ - q6_k's offset terms) - q4_k's dmin · Σ m · (code sums); sums of the four tokens at
+ * sp, sp + ssb, ... (per 32 values for q4_k, per 16 for q6_k: slo/shi its scales).
+ */
+// @ts-ignore: decorator
+@inline function rblock4<F>(d: v128, dmin: v128, m: v128, slo: v128, shi: v128, a0: v128, a1: v128, a2: v128, a3: v128, sp: usize, ssb: usize): v128 {
+  if (isQ4_K<F>()) return iblock4<F>(d, dmin, m, a0, a1, a2, a3, sp, ssb);
+  const s = i32x4.sub(hsum4(a0, a1, a2, a3), hsum4(q6corr(slo, shi, sp), q6corr(slo, shi, sp + ssb), q6corr(slo, shi, sp + 2 * ssb), q6corr(slo, shi, sp + 3 * ssb)));
+  return f32x4.mul(f32x4.convert_i32x4_s(s), d);
+}
+
+/**
+ * Rows wr and wr + rowBytes (q4_k or q6_k) · tokens i..i+7 on int8 codes (quantize_q8r): each
+ * activation load serves both rows, each unpacked weight eight tokens. Only the first cnt
+ * results are stored, and row B's only when two.
+ */
+// @ts-ignore: decorator
+@inline function rdot8x2<F>(xc: usize, sc: usize, sums: usize, np: i32, i: i32, wr: usize, rowBytes: usize, k: i32, out: usize, osb: usize, cnt: i32, two: bool): void {
+  const nb = k >> 8, sumBl = isQ4_K<F>() ? 32 : 16;
+  const xsb = <usize>k, ssb = <usize>(k / sumBl) << 1;
+  const x0 = xc + <usize>i * xsb;
+  const zero = i32x4.splat(0);
+  let accA = f32x4.splat(0), accB = f32x4.splat(0), accC = f32x4.splat(0), accD = f32x4.splat(0);
+  for (let b = 0; b < nb; b++) {
+    const blk = wr + <usize>b * qBytes<F>(), blk2 = blk + rowBytes;
+    ia0 = zero; ia1 = zero; ia2 = zero; ia3 = zero; ia4 = zero; ia5 = zero; ia6 = zero; ia7 = zero;
+    ib0 = zero; ib1 = zero; ib2 = zero; ib3 = zero; ib4 = zero; ib5 = zero; ib6 = zero; ib7 = zero;
+    for (let s = 0; s < 8; s++) {
+      const s0 = i16x8.splat(<i16>isub0<F>(blk, s)), s1 = i16x8.splat(<i16>isub1<F>(blk, s));
+      const t0 = i16x8.splat(<i16>isub0<F>(blk2, s)), t1 = i16x8.splat(<i16>isub1<F>(blk2, s));
+      r2add<F>(x0 + (<usize>b << 8) + (<usize>s << 5), xsb, rw<F>(blk, s, 0), rw<F>(blk, s, 1), s0, s1, rw<F>(blk2, s, 0), rw<F>(blk2, s, 1), t0, t1);
+    }
+    const dxA = v128.load(fptr(sc, b * np + i)), dxB = v128.load(fptr(sc, b * np + i + 4));
+    const sp = sums + <usize>i * ssb + (<usize>b * <usize>(256 / sumBl) << 1), dd = dScale2<F>(blk, blk2);
+    {
+      const d = v128.shuffle<f32>(dd, dd, 0, 0, 0, 0), dmin = idmin<F>(blk), m = imins0<F>(blk);
+      const slo = isQ4_K<F>() ? zero : q6scales(blk, false), shi = isQ4_K<F>() ? zero : q6scales(blk, true);
+      accA = f32x4.add(accA, f32x4.mul(rblock4<F>(d, dmin, m, slo, shi, ia0, ia1, ia2, ia3, sp, ssb), dxA));
+      accB = f32x4.add(accB, f32x4.mul(rblock4<F>(d, dmin, m, slo, shi, ia4, ia5, ia6, ia7, sp + 4 * ssb, ssb), dxB));
+    }
+    {
+      const d = v128.shuffle<f32>(dd, dd, 1, 1, 1, 1), dmin = idmin<F>(blk2), m = imins0<F>(blk2);
+      const slo = isQ4_K<F>() ? zero : q6scales(blk2, false), shi = isQ4_K<F>() ? zero : q6scales(blk2, true);
+      accC = f32x4.add(accC, f32x4.mul(rblock4<F>(d, dmin, m, slo, shi, ib0, ib1, ib2, ib3, sp, ssb), dxA));
+      accD = f32x4.add(accD, f32x4.mul(rblock4<F>(d, dmin, m, slo, shi, ib4, ib5, ib6, ib7, sp + 4 * ssb, ssb), dxB));
+    }
+  }
+  store8(out, osb, accA, accB, cnt);
+  if (two) store8(out + 4, osb, accC, accD, cnt);
+}
+
+/**
+ * q4_k values 64p..64p+63 (sub-blocks 2p, 2p + 1, scales s0, s1 splat) · int8 codes at o (that
+ * group's), i32x4; the two sub-blocks go through per-thread globals (computed in turn: idot8).
+ */
+// @ts-ignore: decorator
+@inline function r4group(blk: usize, o: usize, p: i32, s0: v128, s1: v128): v128 {
+  const c0f = i8x16.splat(15);
+  const q = blk + 16 + (<usize>p << 5);
+  const b0 = v128.load(q), b1 = v128.load(q, 16);
+  ia0 = i32x4.dot_i16x8_s(i16x8.add(rdot(v128.load(o), v128.and(b0, c0f)), rdot(v128.load(o, 16), v128.and(b1, c0f))), s0);
+  ia1 = i32x4.dot_i16x8_s(i16x8.add(rdot(v128.load(o, 32), v128.and(i16x8.shr_u(b0, 4), c0f)), rdot(v128.load(o, 48), v128.and(i16x8.shr_u(b1, 4), c0f))), s1);
+  return i32x4.add(ia0, ia1);
+}
+
+/** q4_k row wr · token i on int8 codes (quantize_q8r; code sums per 32 values at sums). */
+// @ts-ignore: decorator
+@inline function rdot1q4k(xc: usize, sc: usize, sums: usize, np: i32, i: i32, wr: usize, k: i32): f32 {
+  const nb = k >> 8;
+  const xr = xc + <usize>i * <usize>k;
+  let acc = f32x4.splat(0);
+  let mins: f32 = 0;
+  for (let b = 0; b < nb; b++) {
+    const blk = wr + <usize>b * 144, o = xr + (<usize>b << 8);
+    // The eight 6-bit scales and mins as bytes (ggml's utmp unpacking).
+    const u0 = load<u32>(blk, 4), u1 = load<u32>(blk, 8), u2 = load<u32>(blk, 12);
+    const S = i16x8.extend_low_i8x16_u(i32x4.replace_lane(i32x4.splat(u0 & 0x3f3f3f3f), 1, (u2 & 0x0f0f0f0f) | (((u0 >> 6) & 0x03030303) << 4)));
+    const ai = i32x4.add(
+      i32x4.add(r4group(blk, o, 0, v128.shuffle<i16>(S, S, 0, 0, 0, 0, 0, 0, 0, 0), v128.shuffle<i16>(S, S, 1, 1, 1, 1, 1, 1, 1, 1)),
+        r4group(blk, o + 64, 1, v128.shuffle<i16>(S, S, 2, 2, 2, 2, 2, 2, 2, 2), v128.shuffle<i16>(S, S, 3, 3, 3, 3, 3, 3, 3, 3))),
+      i32x4.add(r4group(blk, o + 128, 2, v128.shuffle<i16>(S, S, 4, 4, 4, 4, 4, 4, 4, 4), v128.shuffle<i16>(S, S, 5, 5, 5, 5, 5, 5, 5, 5)),
+        r4group(blk, o + 192, 3, v128.shuffle<i16>(S, S, 6, 6, 6, 6, 6, 6, 6, 6), v128.shuffle<i16>(S, S, 7, 7, 7, 7, 7, 7, 7, 7))));
+    const xd = load<f32>(fptr(sc, b * np + i));
+    acc = f32x4.add(acc, f32x4.mul(f32x4.convert_i32x4_s(ai), f32x4.splat(half(<u32>load<u16>(blk)) * xd)));
+    const sp = sums + <usize>i * (<usize>(k >> 5) << 1) + (<usize>b << 4);
+    const m = i16x8.extend_low_i8x16_u(i32x4.replace_lane(i32x4.splat(u1 & 0x3f3f3f3f), 1, ((u2 >> 4) & 0x0f0f0f0f) | (((u1 >> 6) & 0x03030303) << 4)));
+    mins += <f32>isum(i32x4.dot_i16x8_s(m, v128.load(sp))) * half(<u32>load<u16>(blk + 2)) * xd;
+  }
+  return hsum(acc) - mins;
+}
+
+/**
+ * q6_k: the four 16-value groups that share the 16 code bytes of ql at lo0/lo1 and qh at hi
+ * (half h of the block, half hv of its rows: values 128h + 32qq + 16hv, scales s0..s3 splat)
+ * · int8 codes at x (values 128h + 16hv), i32x4, in turn through per-thread globals.
+ */
+// @ts-ignore: decorator
+@inline function r6quarter(blk: usize, x: usize, h: i32, hv: i32, s0: v128, s1: v128, s2: v128, s3: v128): v128 {
+  const c0f = i8x16.splat(15);
+  const ql = blk + (<usize>h << 6) + (<usize>hv << 4);
+  const lo0 = v128.load(ql), lo1 = v128.load(ql, 32), hi = v128.load(blk + 128 + (<usize>h << 5) + (<usize>hv << 4));
+  ia0 = i32x4.dot_i16x8_s(rdot(v128.load(x), v128.or(v128.and(lo0, c0f), rhigh(hi, 0))), s0);
+  ia1 = i32x4.dot_i16x8_s(rdot(v128.load(x, 32), v128.or(v128.and(lo1, c0f), rhigh(hi, 1))), s1);
+  ia2 = i32x4.dot_i16x8_s(rdot(v128.load(x, 64), v128.or(v128.and(i16x8.shr_u(lo0, 4), c0f), rhigh(hi, 2))), s2);
+  ia3 = i32x4.dot_i16x8_s(rdot(v128.load(x, 96), v128.or(v128.and(i16x8.shr_u(lo1, 4), c0f), rhigh(hi, 3))), s3);
+  return i32x4.add(i32x4.add(ia0, ia1), i32x4.add(ia2, ia3));
+}
+
+/** q6_k row wr · token i on int8 codes (quantize_q8r; code sums per 16 values at sums). */
+// @ts-ignore: decorator
+@inline function rdot1q6k(xc: usize, sc: usize, sums: usize, np: i32, i: i32, wr: usize, k: i32): f32 {
+  const nb = k >> 8;
+  const xr = xc + <usize>i * <usize>k, sr = sums + <usize>i * (<usize>(k >> 4) << 1);
+  let acc = f32x4.splat(0);
+  for (let b = 0; b < nb; b++) {
+    const blk = wr + <usize>b * 210, o = xr + (<usize>b << 8);
+    // Group 16·j takes scale j: quarter (h, hv), group qq is j = 8h + 2qq + hv.
+    const L = q6scales(blk, false), H = q6scales(blk, true);
+    const ai = i32x4.add(
+      i32x4.add(
+        r6quarter(blk, o, 0, 0, v128.shuffle<i16>(L, L, 0, 0, 0, 0, 0, 0, 0, 0), v128.shuffle<i16>(L, L, 2, 2, 2, 2, 2, 2, 2, 2), v128.shuffle<i16>(L, L, 4, 4, 4, 4, 4, 4, 4, 4), v128.shuffle<i16>(L, L, 6, 6, 6, 6, 6, 6, 6, 6)),
+        r6quarter(blk, o + 16, 0, 1, v128.shuffle<i16>(L, L, 1, 1, 1, 1, 1, 1, 1, 1), v128.shuffle<i16>(L, L, 3, 3, 3, 3, 3, 3, 3, 3), v128.shuffle<i16>(L, L, 5, 5, 5, 5, 5, 5, 5, 5), v128.shuffle<i16>(L, L, 7, 7, 7, 7, 7, 7, 7, 7))),
+      i32x4.add(
+        r6quarter(blk, o + 128, 1, 0, v128.shuffle<i16>(H, H, 0, 0, 0, 0, 0, 0, 0, 0), v128.shuffle<i16>(H, H, 2, 2, 2, 2, 2, 2, 2, 2), v128.shuffle<i16>(H, H, 4, 4, 4, 4, 4, 4, 4, 4), v128.shuffle<i16>(H, H, 6, 6, 6, 6, 6, 6, 6, 6)),
+        r6quarter(blk, o + 144, 1, 1, v128.shuffle<i16>(H, H, 1, 1, 1, 1, 1, 1, 1, 1), v128.shuffle<i16>(H, H, 3, 3, 3, 3, 3, 3, 3, 3), v128.shuffle<i16>(H, H, 5, 5, 5, 5, 5, 5, 5, 5), v128.shuffle<i16>(H, H, 7, 7, 7, 7, 7, 7, 7, 7))));
+    const s = i32x4.sub(ai, q6corr(L, H, sr + (<usize>b << 5)));
+    acc = f32x4.add(acc, f32x4.mul(f32x4.convert_i32x4_s(s), f32x4.splat(half(<u32>load<u16>(blk + 208)) * load<f32>(fptr(sc, b * np + i)))));
+  }
+  return hsum(acc);
+}
+
+/**
+ * imatmul's contract for q4_k/q6_k on quantize_q8r's int8 codes: from four tokens on, tiles of
+ * two rows × eight tokens (the last padded); fewer than four tokens row by row.
+ */
+// @ts-ignore: decorator
+@inline function imatmulr<F>(xc: usize, sc: usize, sums: usize, n: i32, w: usize, k: i32, r0: i32, r1: i32, out: usize, os: i32, part: i32, parts: i32): void {
+  const a = shareLo(r0, r1, 4, part, parts), b = shareHi(r0, r1, 4, part, parts);
+  if (a >= b || k <= 0) return;
+  const rowBytes = <usize>(k >> 8) * qBytes<F>();
+  const np = (n + 3) & ~3, osb = <usize>os << 2;
+  for (let p0 = 0; p0 < n; p0 += TOKEN_PANEL) {
+    const p1 = min(n, p0 + TOKEN_PANEL);
+    for (let r = a; r < b; r += 4) {
+      const rn = min(4, b - r);
+      const wr = w + <usize>r * rowBytes;
+      const orow = out + (<usize>(r - r0) << 2);
+      if (n < 4) {
+        for (let i = p0; i < p1; i++) {
+          for (let j = 0; j < rn; j++) {
+            const wj = wr + <usize>j * rowBytes, o = orow + <usize>i * osb + (<usize>j << 2);
+            store<f32>(o, isQ4_K<F>() ? rdot1q4k(xc, sc, sums, np, i, wj, k) : rdot1q6k(xc, sc, sums, np, i, wj, k));
+          }
+        }
+        continue;
+      }
+      for (let j = 0; j < rn; j += 2) {
+        const wj = wr + <usize>j * rowBytes, oj = orow + (<usize>j << 2), two = j + 1 < rn;
+        // A last single row is paired with itself; only its own results are stored.
+        const rb = two ? rowBytes : 0;
+        for (let i = p0; i < p1; i += 8) rdot8x2<F>(xc, sc, sums, np, i, wj, rb, k, oj + <usize>i * osb, osb, min(8, p1 - i), two);
+      }
+    }
+  }
+}
+
+export function imatmulr_q4_k(xc: usize, sc: usize, sums: usize, n: i32, w: usize, k: i32, r0: i32, r1: i32, out: usize, os: i32, part: i32, parts: i32): void {
+  imatmulr<Q4_K>(xc, sc, sums, n, w, k, r0, r1, out, os, part, parts);
+}
+export function imatmulr_q6_k(xc: usize, sc: usize, sums: usize, n: i32, w: usize, k: i32, r0: i32, r1: i32, out: usize, os: i32, part: i32, parts: i32): void {
+  imatmulr<Q6_K>(xc, sc, sums, n, w, k, r0, r1, out, os, part, parts);
+}
+
+/**
+ * Start-up check of the relaxed dot product (simd-backend.ts): Σ over 64 bytes at a (int8) and
+ * b (top bits clear) with rdot, as the kernels use it; 0x7fffffff in the SIMD128 build.
+ */
+export function relaxed_check(a: usize, b: usize): i32 {
+  if (!ASC_FEATURE_RELAXED_SIMD) return 0x7fffffff;
+  let s = i32x4.splat(0);
+  for (let o: usize = 0; o < 64; o += 16) s = i32x4.add(s, i32x4.extadd_pairwise_i16x8_s(rdot(v128.load(a + o), v128.load(b + o))));
+  return isum(s);
+}

@@ -52,6 +52,12 @@ export interface SimdCpuOptions {
    * every matmul on the float path.
    */
   int8MinTokens?: number;
+  /**
+   * Use the relaxed-SIMD build of the kernels where it runs exactly (relaxedSimdUsable; default
+   * true): its q4_k/q6_k kernels multiply the weights' code bytes by int8 activations directly.
+   * false keeps the SIMD128 build.
+   */
+  relaxedSimd?: boolean;
 }
 
 /**
@@ -65,21 +71,73 @@ export const INT8_MIN_TOKENS = 1;
 
 // ---- the compiled kernels ----------------------------------------------------------------
 
-let compiled: WebAssembly.Module | null = null;
+/**
+ * The two builds of kernels.as (scripts/build-wasm.js): SIMD128 everywhere, and SIMD128 plus
+ * relaxed SIMD, whose k-quant kernels multiply weight bytes by int8 activations directly.
+ */
+export type KernelBuild = 'simd128' | 'relaxed';
 
-/** The compiled kernels (dist/src/backends/cpu-simd/kernels.wasm, built by scripts/build-wasm.js). */
-export function kernelModule(): WebAssembly.Module {
-  if (!compiled) {
-    const url = new URL('./kernels.wasm', import.meta.url);
-    let bytes: Uint8Array<ArrayBuffer>;
-    try {
-      bytes = new Uint8Array(readFileSync(url));
-    } catch {
-      throw new Error(`the fast CPU kernels are not built: ${fileURLToPath(url)} is missing (npm run build)`);
-    }
-    compiled = new WebAssembly.Module(bytes);
+const compiled = new Map<KernelBuild, WebAssembly.Module>();
+const WASM_FILE: Record<KernelBuild, string> = { simd128: './kernels.wasm', relaxed: './kernels-relaxed.wasm' };
+
+function wasmBytes(build: KernelBuild): Uint8Array<ArrayBuffer> {
+  const url = new URL(WASM_FILE[build], import.meta.url);
+  try {
+    return new Uint8Array(readFileSync(url));
+  } catch {
+    throw new Error(`the fast CPU kernels are not built: ${fileURLToPath(url)} is missing (npm run build)`);
   }
-  return compiled;
+}
+
+/** The compiled kernels of a build (dist/src/backends/cpu-simd/kernels*.wasm). */
+export function kernelModule(build: KernelBuild = 'simd128'): WebAssembly.Module {
+  let m = compiled.get(build);
+  if (!m) {
+    m = new WebAssembly.Module(wasmBytes(build));
+    compiled.set(build, m);
+  }
+  return m;
+}
+
+let relaxedChecked: boolean | undefined;
+
+/**
+ * Whether the relaxed-SIMD build runs here and computes exactly. Node 22+ ships relaxed SIMD;
+ * Node 20 (V8 11.3) has it behind --experimental-wasm-relaxed-simd, which is turned on for this
+ * process when the module does not validate without it (V8 flags are process-wide, so the
+ * worker threads get it too). Then the one relaxed instruction the kernels use is checked
+ * against exact integer sums on operands that cover its whole range (kernels.as,
+ * relaxed_check): an engine that got it wrong keeps the SIMD128 build. SHOAL_RELAXED_SIMD=0
+ * turns the relaxed build off.
+ */
+export function relaxedSimdUsable(): boolean {
+  if (relaxedChecked !== undefined) return relaxedChecked;
+  relaxedChecked = false;
+  if (process.env.SHOAL_RELAXED_SIMD === '0') return false;
+  try {
+    const bytes = wasmBytes('relaxed');
+    if (!WebAssembly.validate(bytes)) v8.setFlagsFromString('--experimental-wasm-relaxed-simd');
+    if (!WebAssembly.validate(bytes)) return false;
+    const module = new WebAssembly.Module(bytes);
+    const memory = new WebAssembly.Memory({ initial: 1, maximum: 1, shared: true });
+    const check = new WebAssembly.Instance(module, { env: { memory } }).exports.relaxed_check as (a: number, b: number) => number;
+    const a = new Int8Array(memory.buffer, 0, 64), b = new Uint8Array(memory.buffer, 64, 64);
+    for (let round = 0; round < 4; round++) {
+      let exact = 0;
+      for (let i = 0; i < 64; i++) {
+        // Extremes first (-128, 127 against 127 and 0), then a spread of both signs.
+        a[i] = round === 0 ? (i & 1 ? 127 : -128) : ((i * 37 + round * 101) % 256) - 128;
+        b[i] = round === 0 ? (i & 2 ? 127 : 0) : (i * 29 + round * 53) % 128;
+        exact += a[i] * b[i];
+      }
+      if (check(0, 64) !== exact) return false;
+    }
+    compiled.set('relaxed', module);
+    relaxedChecked = true;
+  } catch {
+    relaxedChecked = false;
+  }
+  return relaxedChecked;
 }
 
 /** Whether the fast CPU backend can run here (kernels built, SIMD and shared memory supported). */
@@ -195,6 +253,8 @@ export class SimdCpuBackend extends CpuBackend {
   override readonly info: DeviceInfo;
   readonly threads: number;
   private readonly module: WebAssembly.Module;
+  /** Whether the relaxed-SIMD build of the kernels is in use. */
+  readonly relaxed: boolean;
   private readonly pool: KernelPool;
   private readonly shardBytes: number;
   private readonly minParallelWork: number;
@@ -217,7 +277,8 @@ export class SimdCpuBackend extends CpuBackend {
   /** Usable at once: ops run on the calling thread until the workers are up. */
   constructor(opts: SimdCpuOptions = {}) {
     super();
-    this.module = kernelModule();
+    this.relaxed = (opts.relaxedSimd ?? true) && relaxedSimdUsable();
+    this.module = kernelModule(this.relaxed ? 'relaxed' : 'simd128');
     this.threads = Math.max(1, Math.floor(opts.threads ?? availableParallelism()));
     this.shardBytes = Math.min(MAX_SHARD_BYTES, opts.shardBytes ?? MAX_SHARD_BYTES);
     this.minParallelWork = opts.minParallelWork ?? 32768;
@@ -226,7 +287,7 @@ export class SimdCpuBackend extends CpuBackend {
     const first = new Shard(0, this.shardBytes);
     this.shards.push(first);
     this.pool = new KernelPool(this.module, this.threads, [first.memory], opts.spinMicros);
-    this.info = { name: `cpu (WebAssembly SIMD, ${this.threads} thread${this.threads > 1 ? 's' : ''})`, kind: 'cpu' };
+    this.info = { name: `cpu (WebAssembly SIMD${this.relaxed ? ' + relaxed' : ''}, ${this.threads} thread${this.threads > 1 ? 's' : ''})`, kind: 'cpu' };
   }
 
   /** Resolves once every worker thread is ready. */
@@ -386,12 +447,18 @@ export class SimdCpuBackend extends CpuBackend {
    * command and the first three arguments of q's imatmul: codes, scales, sums.
    */
   private quantized(shard: Shard, q: Int8Kernels, x: number, xs: number, n: number, k: number): { cmd: Command; args: number[] } {
-    // int16 codes (decode: twice, kernels.as). From four tokens on, the kernels take tokens in
-    // tiles of eight or four, so the last tile's padding must be readable (its results are dropped).
+    // From four tokens on, the kernels take tokens in tiles of eight or four, so the last
+    // tile's padding must be readable (its results are dropped).
     const np = Math.ceil(n / 4) * 4, n8 = Math.ceil(n / 8) * 8;
-    const codes = this.temp(shard, n < 4 ? n * k * 4 : n8 * k * 2);
     const scales = this.temp(shard, ((k / q.block) * np + 4) * 4);
-    const sums = q.sums ? this.temp(shard, n8 * (k / 32) * 2) : 0;
+    const sums = q.sums ? this.temp(shard, n8 * (k / q.sums) * 2) : 0;
+    if (q.quantize === 'quantize_q8r') {
+      // int8 codes, q8_K blocks (relaxed-SIMD k-quant kernels).
+      const codes = this.temp(shard, n8 * k);
+      return { cmd: this.cmd('quantize_q8r', shard, [x, xs, n, k, codes, scales, sums, q.sums]), args: [codes, scales, sums] };
+    }
+    // int16 codes (decode: twice, kernels.as).
+    const codes = this.temp(shard, n < 4 ? n * k * 4 : n8 * k * 2);
     return { cmd: this.cmd('quantize_q8', shard, [x, xs, n, k, q.block, codes, scales, sums]), args: [codes, scales, sums] };
   }
 
@@ -403,7 +470,7 @@ export class SimdCpuBackend extends CpuBackend {
 
   override uploadWeight(hw: HostWeight): DeviceWeight {
     this.mustLive();
-    const kernels = kernelsFor(hw);
+    const kernels = kernelsFor(hw, this.relaxed);
     if (!kernels) return new SimdWeight(hw, null, null, 0, 0);
     const shard = this.shardWithRoom(weightBytes(hw) + 128, true);
     const { ptr, scalesPtr } = this.place(hw, shard);
@@ -423,7 +490,7 @@ export class SimdCpuBackend extends CpuBackend {
     try {
       fill(shard.u8(ptr, bytes));
       view = { ...spec, data: dataView(spec, bytes, shard, ptr) };
-      kernels = kernelsFor(view);
+      kernels = kernelsFor(view, this.relaxed);
     } catch (e) {
       shard.release(ptr, bytes);
       throw e;
@@ -665,17 +732,18 @@ export class SimdCpuBackend extends CpuBackend {
         const g = this.temp(shard, cnt * inter * 4), u = this.temp(shard, cnt * inter * 4), y = this.temp(shard, cnt * d * 4);
         const gw = this.weightAt(gate, shard), uw = this.weightAt(up, shard), dw = this.weightAt(down, shard);
         // x · w^T for rows [0, m) into dst: the float kernel, or the integer one on activations
-        // quantized once per block length (gate and up share theirs when they can).
-        const quants = new Map<Int8Kernels['block'], number[]>();
+        // quantized once per activation layout (gate and up share theirs when they can).
+        const quants = new Map<string, number[]>();
         const project = (w: SimdWeight, at: Placed, src: number, k: number, m: number, dst: number, quant: Command[]): Command => {
           const int8 = this.int8For(w, cnt);
           if (!int8) return this.cmd(w.kernels!.matmul, shard, [src, k, cnt, at.ptr, k, 0, m, dst, m, at.scalesPtr, w.br, w.bc]);
-          let args = quant === quantA ? quants.get(int8.block) : undefined;
-          if (!args || (int8.sums && !args[2])) {
+          const layout = `${int8.quantize}/${int8.block}/${int8.sums}`;
+          let args = quant === quantA ? quants.get(layout) : undefined;
+          if (!args) {
             const q = this.quantized(shard, int8, src, k, cnt, k);
             quant.push(q.cmd);
             args = q.args;
-            if (quant === quantA) quants.set(int8.block, args);
+            if (quant === quantA) quants.set(layout, args);
           }
           return this.cmd(int8.matmul, shard, [...args, cnt, at.ptr, k, 0, m, dst, m]);
         };
