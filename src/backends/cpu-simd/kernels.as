@@ -1566,13 +1566,18 @@ let ib4: v128 = i32x4.splat(0), ib5: v128 = i32x4.splat(0), ib6: v128 = i32x4.sp
   ia7 = i32x4.add(ia7, dot32c(w0, w1, w2, w3, y0, y1, y2, y3)); ib7 = i32x4.add(ib7, dot32c(v0, v1, v2, v3, y0, y1, y2, y3));
 }
 
+// Per-thread float accumulators of the two-row tiles: each block's scaling of four tokens ends
+// in a store to one, so it is done before the next four tokens' sums are loaded (as ia/ib do
+// for the integer sums) instead of all sixteen sums loaded at once and most spilled.
+let fa0: v128 = f32x4.splat(0), fa1: v128 = f32x4.splat(0), fa2: v128 = f32x4.splat(0), fa3: v128 = f32x4.splat(0);
+
 /** Rows wr and wr + rowBytes · tokens i..i+7: idot8 for two rows, each activation load serving both. */
 // @ts-ignore: decorator
 @inline function idot8x2<F>(xc: usize, sc: usize, sums: usize, np: i32, i: i32, wr: usize, rowBytes: usize, k: i32, out: usize, osb: usize, cnt: i32): void {
   const nb = k / qValues<F>(), subs = qValues<F>() >> 5;
   const xsb = <usize>k << 1, ssb = <usize>(k >> 5) << 1;
   const x0 = xc + <usize>i * xsb;
-  let accA = f32x4.splat(0), accB = f32x4.splat(0), accC = f32x4.splat(0), accD = f32x4.splat(0);
+  fa0 = f32x4.splat(0); fa1 = fa0; fa2 = fa0; fa3 = fa0;
   for (let b = 0; b < nb; b++) {
     const blk = wr + <usize>b * qBytes<F>(), blk2 = blk + rowBytes;
     // Sub-block 0 starts the sums; the loop over the others vanishes for q8_0/q4_0.
@@ -1594,17 +1599,17 @@ let ib4: v128 = i32x4.splat(0), ib5: v128 = i32x4.splat(0), ib6: v128 = i32x4.sp
     const sp = sums + (<usize>i * ssb) + (<usize>b << 4), dd = dScale2<F>(blk, blk2);
     {
       const d = v128.shuffle<f32>(dd, dd, 0, 0, 0, 0), dmin = idmin<F>(blk), m = imins0<F>(blk);
-      accA = f32x4.add(accA, f32x4.mul(iblock4<F>(d, dmin, m, ia0, ia1, ia2, ia3, sp, ssb), dxA));
-      accB = f32x4.add(accB, f32x4.mul(iblock4<F>(d, dmin, m, ia4, ia5, ia6, ia7, sp + 4 * ssb, ssb), dxB));
+      fa0 = f32x4.add(fa0, f32x4.mul(iblock4<F>(d, dmin, m, ia0, ia1, ia2, ia3, sp, ssb), dxA));
+      fa1 = f32x4.add(fa1, f32x4.mul(iblock4<F>(d, dmin, m, ia4, ia5, ia6, ia7, sp + 4 * ssb, ssb), dxB));
     }
     {
       const d = v128.shuffle<f32>(dd, dd, 1, 1, 1, 1), dmin = idmin<F>(blk2), m = imins0<F>(blk2);
-      accC = f32x4.add(accC, f32x4.mul(iblock4<F>(d, dmin, m, ib0, ib1, ib2, ib3, sp, ssb), dxA));
-      accD = f32x4.add(accD, f32x4.mul(iblock4<F>(d, dmin, m, ib4, ib5, ib6, ib7, sp + 4 * ssb, ssb), dxB));
+      fa2 = f32x4.add(fa2, f32x4.mul(iblock4<F>(d, dmin, m, ib0, ib1, ib2, ib3, sp, ssb), dxA));
+      fa3 = f32x4.add(fa3, f32x4.mul(iblock4<F>(d, dmin, m, ib4, ib5, ib6, ib7, sp + 4 * ssb, ssb), dxB));
     }
   }
-  store8(out, osb, accA, accB, cnt);
-  store8(out + 4, osb, accC, accD, cnt);
+  store8(out, osb, fa0, fa1, cnt);
+  store8(out + 4, osb, fa2, fa3, cnt);
 }
 
 // @ts-ignore: decorator
@@ -2034,7 +2039,7 @@ export function quantize_q8r(x: usize, xs: i32, n: i32, k: i32, codes: usize, sc
   const xsb = <usize>k, ssb = <usize>(k / sumBl) << 1;
   const x0 = xc + <usize>i * xsb;
   const zero = i32x4.splat(0);
-  let accA = f32x4.splat(0), accB = f32x4.splat(0), accC = f32x4.splat(0), accD = f32x4.splat(0);
+  fa0 = f32x4.splat(0); fa1 = fa0; fa2 = fa0; fa3 = fa0;
   for (let b = 0; b < nb; b++) {
     const blk = wr + <usize>b * qBytes<F>(), blk2 = blk + rowBytes;
     ia0 = zero; ia1 = zero; ia2 = zero; ia3 = zero; ia4 = zero; ia5 = zero; ia6 = zero; ia7 = zero;
@@ -2049,18 +2054,18 @@ export function quantize_q8r(x: usize, xs: i32, n: i32, k: i32, codes: usize, sc
     {
       const d = v128.shuffle<f32>(dd, dd, 0, 0, 0, 0), dmin = idmin<F>(blk), m = imins0<F>(blk);
       const slo = isQ4_K<F>() ? zero : q6scales(blk, false), shi = isQ4_K<F>() ? zero : q6scales(blk, true);
-      accA = f32x4.add(accA, f32x4.mul(rblock4<F>(d, dmin, m, slo, shi, ia0, ia1, ia2, ia3, sp, ssb), dxA));
-      accB = f32x4.add(accB, f32x4.mul(rblock4<F>(d, dmin, m, slo, shi, ia4, ia5, ia6, ia7, sp + 4 * ssb, ssb), dxB));
+      fa0 = f32x4.add(fa0, f32x4.mul(rblock4<F>(d, dmin, m, slo, shi, ia0, ia1, ia2, ia3, sp, ssb), dxA));
+      fa1 = f32x4.add(fa1, f32x4.mul(rblock4<F>(d, dmin, m, slo, shi, ia4, ia5, ia6, ia7, sp + 4 * ssb, ssb), dxB));
     }
     {
       const d = v128.shuffle<f32>(dd, dd, 1, 1, 1, 1), dmin = idmin<F>(blk2), m = imins0<F>(blk2);
       const slo = isQ4_K<F>() ? zero : q6scales(blk2, false), shi = isQ4_K<F>() ? zero : q6scales(blk2, true);
-      accC = f32x4.add(accC, f32x4.mul(rblock4<F>(d, dmin, m, slo, shi, ib0, ib1, ib2, ib3, sp, ssb), dxA));
-      accD = f32x4.add(accD, f32x4.mul(rblock4<F>(d, dmin, m, slo, shi, ib4, ib5, ib6, ib7, sp + 4 * ssb, ssb), dxB));
+      fa2 = f32x4.add(fa2, f32x4.mul(rblock4<F>(d, dmin, m, slo, shi, ib0, ib1, ib2, ib3, sp, ssb), dxA));
+      fa3 = f32x4.add(fa3, f32x4.mul(rblock4<F>(d, dmin, m, slo, shi, ib4, ib5, ib6, ib7, sp + 4 * ssb, ssb), dxB));
     }
   }
-  store8(out, osb, accA, accB, cnt);
-  if (two) store8(out + 4, osb, accC, accD, cnt);
+  store8(out, osb, fa0, fa1, cnt);
+  if (two) store8(out + 4, osb, fa2, fa3, cnt);
 }
 
 /**

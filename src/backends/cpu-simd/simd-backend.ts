@@ -9,8 +9,8 @@
  * of a shard (a view plus an offset); each is freed when its handle is garbage collected
  * (FinalizationRegistry), and op scratch is freed when the op returns. Since V8 cannot see how
  * much shared memory dead handles hold, the backend asks for a collection after every
- * `gcBudgetBytes` of new tensors (where `gc` can be had), which keeps the arena from growing
- * between the engine's own collections.
+ * `gcBudgetBytes` of new tensors not released explicitly (where `gc` can be had), which keeps
+ * the arena from growing between the engine's own collections.
  *
  * docs/backends.md, "Fast CPU backend", has the rationale and the numbers.
  */
@@ -37,7 +37,10 @@ export interface SimdCpuOptions {
   shardBytes?: number;
   /** Work (multiply-adds) below which an op runs on the calling thread alone (default 32768). */
   minParallelWork?: number;
-  /** New tensor bytes after which a garbage collection is requested (default 64 MiB; 0 = never). */
+  /**
+   * New tensor bytes, less those released explicitly (Backend.release), after which a garbage
+   * collection is requested (default 64 MiB; 0 = never).
+   */
   gcBudgetBytes?: number;
   /**
    * How long an idle thread spins before sleeping in Atomics.wait, in microseconds (default 20).
@@ -774,7 +777,11 @@ export class SimdCpuBackend extends CpuBackend {
   /** Frees t's bytes in its shard now (once: the registry entry goes with it). */
   override release(t: Tensor): void {
     if (!(t instanceof SimdTensor) || this.disposed) return; // host tensors live on the JS heap
-    if (this.registry.unregister(t)) t.shard.release(t.ptr, t.rows * t.cols * 4);
+    if (!this.registry.unregister(t)) return;
+    const bytes = t.rows * t.cols * 4;
+    t.shard.release(t.ptr, bytes);
+    // Released bytes need no collection: only what is left to the finalizers counts toward one.
+    this.sinceGc = Math.max(0, this.sinceGc - bytes);
   }
 
   override dispose(): void {
