@@ -10,9 +10,9 @@
  */
 import { after, before, describe, it } from 'node:test';
 import assert from 'node:assert/strict';
-import type { HostWeight } from '../src/backends/backend.js';
+import type { HostWeight, MlaShape } from '../src/backends/backend.js';
 import { kernelsFor } from '../src/backends/cpu-simd/formats.js';
-import { INT8_MIN_TOKENS, SimdCpuBackend, relaxedSimdUsable } from '../src/backends/cpu-simd/simd-backend.js';
+import { INT8_MIN_TOKENS, SimdCpuBackend, mlaExpandPays, relaxedSimdUsable } from '../src/backends/cpu-simd/simd-backend.js';
 import { backendConformance, q8Slack, quantizeQ8Rows, randomWeight, rngFor, type FormatSpec } from './conformance.js';
 import * as ref from './reference-ops.js';
 
@@ -22,13 +22,24 @@ function q8Activations(format: string, n: number): number {
   return format === 'q8_0' || format === 'q4_0' ? 32 : format === 'q4_k' || format === 'q6_k' ? 256 : 0;
 }
 
-backendConformance('cpu-simd (2 threads)', () => SimdCpuBackend.create({ threads: 2, minParallelWork: 0 }), { q8Activations });
-backendConformance('cpu-simd (1 thread)', () => SimdCpuBackend.create({ threads: 1 }), { q8Activations });
+/**
+ * A sequence's tokens attend without absorption where mlaExpandPays (or always), their cached
+ * latents decompressed by a matmul with kv_b: on q8 activations for a block-format kv_b.
+ */
+function mlaQ8Latents(always: boolean): (format: string, tokens: number, length: number, shape: MlaShape) => number {
+  return (format, tokens, length, shape) => (always || mlaExpandPays(shape, tokens, length) ? q8Activations(format, length) : 0);
+}
+
+backendConformance('cpu-simd (2 threads)', () => SimdCpuBackend.create({ threads: 2, minParallelWork: 0 }), { q8Activations, mlaQ8Latents: mlaQ8Latents(false) });
+backendConformance('cpu-simd (1 thread)', () => SimdCpuBackend.create({ threads: 1 }), { q8Activations, mlaQ8Latents: mlaQ8Latents(false) });
 // Block formats on the float path too (its kernels still serve int8MinTokens: Infinity and MLA's kv_b).
 backendConformance('cpu-simd (2 threads, float path only)', () => SimdCpuBackend.create({ threads: 2, minParallelWork: 0, int8MinTokens: Infinity }));
 // The SIMD128 build (the default uses the relaxed-SIMD one where it runs exactly: its k-quant kernels differ).
-backendConformance('cpu-simd (2 threads, SIMD128 build)', () => SimdCpuBackend.create({ threads: 2, minParallelWork: 0, relaxedSimd: false }), { q8Activations });
-backendConformance('cpu-simd (2 threads, 4 MiB shards)', () => SimdCpuBackend.create({ threads: 2, minParallelWork: 0, shardBytes: 4 << 20, gcBudgetBytes: 1 << 20 }), { q8Activations });
+backendConformance('cpu-simd (2 threads, SIMD128 build)', () => SimdCpuBackend.create({ threads: 2, minParallelWork: 0, relaxedSimd: false }), { q8Activations, mlaQ8Latents: mlaQ8Latents(false) });
+// Latent attention without absorption for every token (by default only where it pays: the
+// larger scenario's prefill chunks, which run both paths in one call).
+backendConformance('cpu-simd (2 threads, attention always expanded)', () => SimdCpuBackend.create({ threads: 2, minParallelWork: 0, mlaExpand: 'always' }), { q8Activations, mlaQ8Latents: mlaQ8Latents(true) });
+backendConformance('cpu-simd (2 threads, 4 MiB shards)', () => SimdCpuBackend.create({ threads: 2, minParallelWork: 0, shardBytes: 4 << 20, gcBudgetBytes: 1 << 20 }), { q8Activations, mlaQ8Latents: mlaQ8Latents(false) });
 
 /** The same weight with every subnormal code replaced by the smallest normal one of its sign. */
 function withoutSubnormals(w: HostWeight): HostWeight {
@@ -48,6 +59,15 @@ describe('cpu-simd: fast and subnormal-safe decoders', () => {
     s128 = await SimdCpuBackend.create({ threads: 2, minParallelWork: 0, relaxedSimd: false });
   });
   after(() => { b?.dispose(); fl?.dispose(); s128?.dispose(); });
+
+  it('latent attention expands prefill chunks (mlaExpandPays), not decode or short chunks over a long cache', () => {
+    const v2lite: MlaShape = { heads: 16, nopeDim: 128, ropeDim: 64, vDim: 128, kvRank: 512, softmaxScale: 0.1 };
+    assert.equal(mlaExpandPays(v2lite, 256, 256), true, 'first chunk of a prompt');
+    assert.equal(mlaExpandPays(v2lite, 256, 512), true, 'second chunk');
+    assert.equal(mlaExpandPays(v2lite, 1, 512), false, 'decode');
+    assert.equal(mlaExpandPays(v2lite, 4, 8), false, 'a few tokens');
+    assert.equal(mlaExpandPays(v2lite, 32, 4000), false, 'a short chunk after a long prefix');
+  });
 
   it('uses the relaxed-SIMD build where it runs exactly (Node 20: behind a V8 flag the backend sets), SIMD128 when told', () => {
     assert.equal(b.relaxed, relaxedSimdUsable());

@@ -43,6 +43,15 @@ export interface ConformanceOptions {
    * Default: always 0.
    */
   q8Activations?: (format: WeightFormat, n: number) => number;
+  /**
+   * For mlaAttention with kv_b in `format`, for a token whose sequence has `tokens` tokens in
+   * the batch and a cache of `length` rows (its last position + 1): the q8 block length when
+   * the backend decompresses that sequence's cached latents through a matmul on q8 activations
+   * (attention without absorption, the latents quantized as q8Activations describes), or 0 when
+   * it computes on them as they are. The suite then expects those tokens' outputs from the
+   * reference on a cache whose latent columns are quantized that way. Default: always 0.
+   */
+  mlaQ8Latents?: (format: WeightFormat, tokens: number, length: number, shape: MlaShape) => number;
 }
 
 /**
@@ -67,6 +76,26 @@ export function quantizeQ8Rows(x: Mat, block: number): { q: Mat; step: Float64Ar
     }
   }
   return { q, step };
+}
+
+/**
+ * A copy of a reference cache whose rows' latent columns [0, rank) are rounded to float32 (as a
+ * backend stores them) and quantized to q8 blocks of `block` values (quantizeQ8Rows); the rope
+ * columns are kept.
+ */
+function quantizedLatents(pool: ref.RefKVPool, rank: number, block: number): ref.RefKVPool {
+  const out = new ref.RefKVPool(pool.layers, pool.numBlocks, pool.blockSize, pool.width);
+  for (let l = 0; l < pool.layers; l++) {
+    for (let b = 0; b < pool.numBlocks; b++) {
+      for (let o = 0; o < pool.blockSize; o++) {
+        const row = pool.slots[l][b][o], dst = out.slots[l][b][o];
+        const { q } = quantizeQ8Rows(ref.mat(1, rank, Array.from(row.subarray(0, rank), Math.fround)), block);
+        dst.set(q.data);
+        dst.set(row.subarray(rank), rank);
+      }
+    }
+  }
+  return out;
 }
 
 /**
@@ -775,9 +804,22 @@ export function backendConformance(label: string, make: () => Backend | Promise<
             b.writeKV(pool, l, host(kv), batch);
             ref.refWriteKV(rp, l, kv, batch);
           }
+          // Tokens whose sequence the backend attends through q8-quantized latents (mlaQ8Latents).
+          const perSeq = new Map<number, number>(), lengthOf = new Map<number, number>();
+          for (const [seq, p] of step.tokens) {
+            perSeq.set(seq, (perSeq.get(seq) ?? 0) + 1);
+            lengthOf.set(seq, Math.max(lengthOf.get(seq) ?? 0, p + 1));
+          }
+          const q8Of = step.tokens.map(([seq]) => opts.mlaQ8Latents?.(kvBSpec.format, perSeq.get(seq)!, lengthOf.get(seq)!, shape) ?? 0);
+          const q8Block = Math.max(0, ...q8Of);
           for (let l = 0; l < o.layers; l++) {
             const q = randMat(rng, n, shape.heads * (shape.nopeDim + shape.ropeDim), -1.5, 1.5);
             const expected = ref.refMlaAttention(q, kvB[l], rp, l, batch, shape);
+            if (q8Block > 0) {
+              const fromQ8 = ref.refMlaAttention(q, kvB[l], quantizedLatents(rp, shape.kvRank, q8Block), l, batch, shape);
+              const w = expected.cols;
+              q8Of.forEach((blk, t) => { if (blk > 0) expected.data.set(fromQ8.data.subarray(t * w, (t + 1) * w), t * w); });
+            }
             await expectClose(b.mlaAttention(host(q), kvBDev[l], pool, l, batch, shape), expected, `step ${s}, layer ${l}`);
           }
           for (const cp of o.copies ?? []) {

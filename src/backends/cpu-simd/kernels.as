@@ -2200,3 +2200,107 @@ export function relaxed_check(a: usize, b: usize): i32 {
   for (let o: usize = 0; o < 64; o += 16) s = i32x4.add(s, i32x4.extadd_pairwise_i16x8_s(rdot(v128.load(a + o), v128.load(b + o))));
   return isum(s);
 }
+
+// ---- latent attention, not absorbed (prefill) ----------------------------------------------
+
+/** [Σ a_t[c]·k[c]] for four token rows a0..a3 and one key row k over len values (f32x4 of the four sums). */
+// @ts-ignore: decorator
+@inline function dot4rows(a0: usize, a1: usize, a2: usize, a3: usize, k: usize, len: i32): v128 {
+  let s0 = f32x4.splat(0), s1 = f32x4.splat(0), s2 = f32x4.splat(0), s3 = f32x4.splat(0);
+  let c = 0;
+  for (; c + 4 <= len; c += 4) {
+    const o = <usize>c << 2, kv = v128.load(k + o);
+    s0 = f32x4.add(s0, f32x4.mul(v128.load(a0 + o), kv));
+    s1 = f32x4.add(s1, f32x4.mul(v128.load(a1 + o), kv));
+    s2 = f32x4.add(s2, f32x4.mul(v128.load(a2 + o), kv));
+    s3 = f32x4.add(s3, f32x4.mul(v128.load(a3 + o), kv));
+  }
+  let s = fhsum4(s0, s1, s2, s3);
+  for (; c < len; c++) {
+    const o = <usize>c << 2, kv = load<f32>(k + o);
+    s = f32x4.add(s, f32x4.mul(f32x4.replace_lane(f32x4.replace_lane(f32x4.replace_lane(f32x4.splat(load<f32>(a0 + o)), 1, load<f32>(a1 + o)), 2, load<f32>(a2 + o)), 3, load<f32>(a3 + o)), f32x4.splat(kv)));
+  }
+  return s;
+}
+
+/**
+ * Latent attention for the tokens of one sequence without absorbing kv_b (prefill): keys and
+ * values decompressed beforehand into kv [L, H·(nope + vDim)] (per head: nope key values, then
+ * vDim value values, as kv_b's rows), rope keys at kr (row j at kr + j·krs floats), queries q
+ * [cnt, H·(nope + rope)], their positions at pos (int32, each < L; token t sees rows 0..pos[t]).
+ * Output out [cnt, H·vDim] (row stride os floats). Chunks are heads; head h uses 4·L floats of
+ * scratch at scores + 16·L·h bytes. Per token the scores cost nope + rope multiply-adds per
+ * row and the sum vDim, where the absorbed kernel spends kvRank + rope and kvRank.
+ */
+export function mha_prefill(q: usize, cnt: i32, H: i32, nope: i32, rope: i32, vDim: i32, scale: f32, kv: usize, L: i32, kr: usize, krs: i32, pos: usize, scores: usize, out: usize, os: i32, part: i32, parts: i32): void {
+  const h0 = shareLo(0, H, 1, part, parts), h1 = shareHi(0, H, 1, part, parts);
+  const qs = H * (nope + rope), kvs = H * (nope + vDim);
+  const rowBytes = <usize>L << 2;
+  for (let h = h0; h < h1; h++) {
+    const sc = scores + <usize>h * (rowBytes << 2);
+    for (let t0 = 0; t0 < cnt; t0 += 4) {
+      const T = min(4, cnt - t0);
+      // Missing tokens of the last group repeat its last one (their results are not stored).
+      const i1 = t0 + min(1, T - 1), i2 = t0 + min(2, T - 1), i3 = t0 + min(3, T - 1);
+      const q0 = q + ((<usize>t0 * <usize>qs + <usize>(h * (nope + rope))) << 2);
+      const q1 = q + ((<usize>i1 * <usize>qs + <usize>(h * (nope + rope))) << 2);
+      const q2 = q + ((<usize>i2 * <usize>qs + <usize>(h * (nope + rope))) << 2);
+      const q3 = q + ((<usize>i3 * <usize>qs + <usize>(h * (nope + rope))) << 2);
+      const ro = <usize>nope << 2;
+      const p0 = load<i32>(pos + (<usize>t0 << 2)), p1 = load<i32>(pos + (<usize>i1 << 2));
+      const p2 = load<i32>(pos + (<usize>i2 << 2)), p3 = load<i32>(pos + (<usize>i3 << 2));
+      const maxp = max(max(p0, p1), max(p2, p3));
+      const vs = f32x4.splat(scale);
+      for (let j = 0; j <= maxp; j++) {
+        const kj = kv + ((<usize>j * <usize>kvs + <usize>(h * (nope + vDim))) << 2);
+        const s = f32x4.mul(f32x4.add(dot4rows(q0, q1, q2, q3, kj, nope), dot4rows(q0 + ro, q1 + ro, q2 + ro, q3 + ro, kr + ((<usize>j * <usize>krs) << 2), rope)), vs);
+        const o = sc + (<usize>j << 2);
+        store<f32>(o, f32x4.extract_lane(s, 0));
+        store<f32>(o + rowBytes, f32x4.extract_lane(s, 1));
+        store<f32>(o + 2 * rowBytes, f32x4.extract_lane(s, 2));
+        store<f32>(o + 3 * rowBytes, f32x4.extract_lane(s, 3));
+      }
+      // Probabilities over each token's own extent, zeros past it up to the group's.
+      for (let t = 0; t < 4; t++) {
+        const p = t == 0 ? p0 : t == 1 ? p1 : t == 2 ? p2 : p3;
+        const row = sc + <usize>t * rowBytes;
+        softmax(row, p + 1);
+        for (let j = p + 1; j <= maxp; j++) store<f32>(row + (<usize>j << 2), 0);
+      }
+      // Values, tokens in pairs: 16 columns of both tokens' sums in registers per pass over the rows.
+      for (let t = 0; t < T; t += 2) {
+        const tb = t + 1 < T ? t + 1 : t;
+        const pa = sc + <usize>t * rowBytes, pb = sc + <usize>tb * rowBytes;
+        const oa = out + ((<usize>(t0 + t) * <usize>os + <usize>(h * vDim)) << 2);
+        const ob = out + ((<usize>(t0 + tb) * <usize>os + <usize>(h * vDim)) << 2);
+        const v0 = kv + <usize>(h * (nope + vDim) + nope) * 4;
+        let c = 0;
+        for (; c + 16 <= vDim; c += 16) {
+          let a0 = f32x4.splat(0), a1 = a0, a2 = a0, a3 = a0, b0 = a0, b1 = a0, b2 = a0, b3 = a0;
+          for (let j = 0; j <= maxp; j++) {
+            const vj = v0 + ((<usize>j * <usize>kvs + <usize>c) << 2);
+            const wa = f32x4.splat(load<f32>(pa + (<usize>j << 2))), wb = f32x4.splat(load<f32>(pb + (<usize>j << 2)));
+            const x0 = v128.load(vj), x1 = v128.load(vj, 16), x2 = v128.load(vj, 32), x3 = v128.load(vj, 48);
+            a0 = f32x4.add(a0, f32x4.mul(wa, x0)); b0 = f32x4.add(b0, f32x4.mul(wb, x0));
+            a1 = f32x4.add(a1, f32x4.mul(wa, x1)); b1 = f32x4.add(b1, f32x4.mul(wb, x1));
+            a2 = f32x4.add(a2, f32x4.mul(wa, x2)); b2 = f32x4.add(b2, f32x4.mul(wb, x2));
+            a3 = f32x4.add(a3, f32x4.mul(wa, x3)); b3 = f32x4.add(b3, f32x4.mul(wb, x3));
+          }
+          const ca = oa + (<usize>c << 2), cb = ob + (<usize>c << 2);
+          v128.store(ca, a0); v128.store(ca, a1, 16); v128.store(ca, a2, 32); v128.store(ca, a3, 48);
+          v128.store(cb, b0); v128.store(cb, b1, 16); v128.store(cb, b2, 32); v128.store(cb, b3, 48);
+        }
+        for (; c < vDim; c++) {
+          let sa: f32 = 0, sb: f32 = 0;
+          for (let j = 0; j <= maxp; j++) {
+            const v = load<f32>(v0 + ((<usize>j * <usize>kvs + <usize>c) << 2));
+            sa += load<f32>(pa + (<usize>j << 2)) * v;
+            sb += load<f32>(pb + (<usize>j << 2)) * v;
+          }
+          store<f32>(oa + (<usize>c << 2), sa);
+          store<f32>(ob + (<usize>c << 2), sb);
+        }
+      }
+    }
+  }
+}

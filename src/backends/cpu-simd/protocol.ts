@@ -22,7 +22,7 @@ export const KERNELS = [
   'add', 'swiglu', 'swiglu_cols', 'scatter_add_cols',
   'matmul_q8_0', 'matmul_q4_0', 'matmul_q4_k', 'matmul_q6_k', 'mla_q8_0', 'mla_q4_0', 'mla_q4_k', 'mla_q6_k',
   'quantize_q8', 'imatmul_q8_0', 'imatmul_q4_0', 'imatmul_q4_k', 'imatmul_q6_k',
-  'quantize_q8r', 'imatmulr_q4_k', 'imatmulr_q6_k',
+  'quantize_q8r', 'imatmulr_q4_k', 'imatmulr_q6_k', 'mha_prefill',
 ] as const;
 export type KernelName = (typeof KERNELS)[number];
 export const KERNEL_INDEX: Record<KernelName, number> = Object.fromEntries(KERNELS.map((k, i) => [k, i])) as Record<KernelName, number>;

@@ -61,6 +61,12 @@ export interface SimdCpuOptions {
    * false keeps the SIMD128 build.
    */
   relaxedSimd?: boolean;
+  /**
+   * Latent attention without absorbing kv_b for a sequence's tokens of a batch (keys and values
+   * decompressed once per call): 'auto' (default) where it costs fewer multiply-adds
+   * (mlaExpandPays: prefill chunks), 'always', or 'never' (the absorbed kernel only).
+   */
+  mlaExpand?: 'auto' | 'always' | 'never';
 }
 
 /**
@@ -71,6 +77,23 @@ export interface SimdCpuOptions {
  * f32 at 4-6 instructions per four weights, which bounds it below memory speed).
  */
 export const INT8_MIN_TOKENS = 1;
+
+/**
+ * Whether latent attention for `tokens` tokens of one sequence whose cache holds `length` rows
+ * costs fewer multiply-adds per head without absorption: decompressing every row's key and
+ * value (length · kvRank · (nope + vDim)), then nope + rope + vDim per visible row and token,
+ * against 2 · kvRank + rope per visible row and token plus folding kv_b into each token's query
+ * and output (kvRank · (nope + vDim)). A prefill chunk of 256 tokens costs 0.8× as much
+ * expanded; decode, a few tokens over a long cache, many times more. The 0.9 keeps close calls
+ * on the absorbed kernel.
+ */
+export function mlaExpandPays(s: MlaShape, tokens: number, length: number): boolean {
+  const R = s.kvRank, N = s.nopeDim, P = s.ropeDim, V = s.vDim;
+  const visible = Math.max(1, length - (tokens - 1) / 2);
+  const absorbed = tokens * (visible * (2 * R + P) + R * (N + V));
+  const expanded = length * R * (N + V) + tokens * visible * (N + P + V);
+  return expanded < 0.9 * absorbed;
+}
 
 // ---- the compiled kernels ----------------------------------------------------------------
 
@@ -263,6 +286,7 @@ export class SimdCpuBackend extends CpuBackend {
   private readonly minParallelWork: number;
   private readonly gcBudget: number;
   private readonly int8MinTokens: number;
+  private readonly mlaExpand: 'auto' | 'always' | 'never';
   private shards: Shard[] = [];
   private temps: Held[] = [];
   private disposed = false;
@@ -287,6 +311,7 @@ export class SimdCpuBackend extends CpuBackend {
     this.minParallelWork = opts.minParallelWork ?? 32768;
     this.gcBudget = opts.gcBudgetBytes ?? 64 << 20;
     this.int8MinTokens = opts.int8MinTokens ?? INT8_MIN_TOKENS;
+    this.mlaExpand = opts.mlaExpand ?? 'auto';
     const first = new Shard(0, this.shardBytes);
     this.shards.push(first);
     this.pool = new KernelPool(this.module, this.threads, [first.memory], opts.spinMicros);
@@ -633,37 +658,129 @@ export class SimdCpuBackend extends CpuBackend {
       work += (pos + 1) * H * (2 * R + P);
     }
     const shard = pool.shards[layer];
+    // Sequences for which it pays (prefill chunks: mlaExpandPays) attend without absorbing kv_b:
+    // their cached latents are decompressed once into keys and values. Others (decode) take the
+    // absorbed kernel.
+    const bySeq = new Map<number, number[]>();
+    for (let i = 0; i < n; i++) {
+      const si = batch.seqIndex[i];
+      let list = bySeq.get(si);
+      if (!list) bySeq.set(si, (list = []));
+      list.push(i);
+    }
+    const expanded: number[][] = [], absorbed: number[] = [];
+    for (const list of bySeq.values()) {
+      let length = 0;
+      for (const i of list) length = Math.max(length, batch.positions[i] + 1);
+      const expand = this.mlaExpand === 'always' || (this.mlaExpand === 'auto' && mlaExpandPays(s, list.length, length));
+      if (expand) expanded.push(list);
+      else for (const i of list) absorbed.push(i);
+    }
     return this.op(() => {
       const q = this.tensorIn(qIn, shard);
-      const kv = this.weightAt(kvB, shard);
-      // Per token: position and a pointer to its sequence's block table (copied into the shard).
-      const tok = this.temp(shard, n * 8);
-      const tokV = shard.i32(tok, 2 * n);
-      const tablePtr = new Map<number, number>();
-      for (let i = 0; i < n; i++) {
-        const si = batch.seqIndex[i];
-        let tp = tablePtr.get(si);
-        if (tp === undefined) {
-          const table = batch.blockTables[si];
-          tp = this.temp(shard, table.length * 4);
-          shard.i32(tp, table.length).set(table);
-          tablePtr.set(si, tp);
-        }
-        tokV[2 * i] = batch.positions[i];
-        tokV[2 * i + 1] = tp | 0;
-      }
-      const qAbs = this.temp(shard, n * H * (R + P) * 4); // per token and head: absorbed query | rope query
-      const lat = this.temp(shard, n * H * R * 4);
-      const scores = this.temp(shard, H * maxLen * 4);
-      const rowTmp = this.temp(shard, H * R * 4);
       const out = this.newTensor(shard, n, H * s.vDim);
-      const cmd = this.cmd(kvB.kernels!.mla, shard, [
-        q, n, H, s.nopeDim, P, s.vDim, R, s.softmaxScale, kv.ptr, kv.scalesPtr, kvB.br, kvB.bc,
-        pool.ptrs[layer], pool.width, B, tok, maxLen, qAbs, lat, scores, rowTmp, out.ptr,
-      ]);
-      this.exec([{ cmds: [cmd], units: H }], work);
+      if (!expanded.length) {
+        this.mlaAbsorbed(shard, q, kvB, pool, layer, batch, s, null, maxLen, out.ptr, work);
+        return out;
+      }
+      if (absorbed.length) {
+        const part = this.temp(shard, absorbed.length * H * s.vDim * 4);
+        this.mlaAbsorbed(shard, q, kvB, pool, layer, batch, s, absorbed, maxLen, part, work);
+        const src = shard.f32(part, absorbed.length * H * s.vDim);
+        absorbed.forEach((i, r) => out.data.set(src.subarray(r * H * s.vDim, (r + 1) * H * s.vDim), i * H * s.vDim));
+      }
+      for (const list of expanded) this.mlaExpanded(shard, q, kvB, pool, layer, batch, s, list, out);
       return out;
     });
+  }
+
+  /**
+   * The absorbed kernel for the tokens `rows` of q (all when null), results to outPtr as rows
+   * in that order.
+   */
+  private mlaAbsorbed(shard: Shard, qAll: number, kvB: SimdWeight, pool: SimdKVPool, layer: number, batch: AttentionBatch, s: MlaShape,
+    rows: number[] | null, maxLen: number, outPtr: number, work: number): void {
+    const H = s.heads, R = s.kvRank, P = s.ropeDim, qStride = s.nopeDim + P, B = pool.blockSize;
+    const n = rows ? rows.length : batch.positions.length;
+    let q = qAll;
+    if (rows) {
+      // Gather the rows into one block.
+      q = this.temp(shard, n * H * qStride * 4);
+      const dst = shard.f32(q, n * H * qStride), src = shard.f32(qAll, batch.positions.length * H * qStride);
+      rows.forEach((i, r) => dst.set(src.subarray(i * H * qStride, (i + 1) * H * qStride), r * H * qStride));
+    }
+    const kv = this.weightAt(kvB, shard);
+    // Per token: position and a pointer to its sequence's block table (copied into the shard).
+    const tok = this.temp(shard, n * 8);
+    const tokV = shard.i32(tok, 2 * n);
+    const tablePtr = new Map<number, number>();
+    for (let r = 0; r < n; r++) {
+      const i = rows ? rows[r] : r;
+      const si = batch.seqIndex[i];
+      let tp = tablePtr.get(si);
+      if (tp === undefined) {
+        const table = batch.blockTables[si];
+        tp = this.temp(shard, table.length * 4);
+        shard.i32(tp, table.length).set(table);
+        tablePtr.set(si, tp);
+      }
+      tokV[2 * r] = batch.positions[i];
+      tokV[2 * r + 1] = tp | 0;
+    }
+    const qAbs = this.temp(shard, n * H * (R + P) * 4); // per token and head: absorbed query | rope query
+    const lat = this.temp(shard, n * H * R * 4);
+    const scores = this.temp(shard, H * maxLen * 4);
+    const rowTmp = this.temp(shard, H * R * 4);
+    const cmd = this.cmd(kvB.kernels!.mla, shard, [
+      q, n, H, s.nopeDim, P, s.vDim, R, s.softmaxScale, kv.ptr, kv.scalesPtr, kvB.br, kvB.bc,
+      pool.ptrs[layer], pool.width, B, tok, maxLen, qAbs, lat, scores, rowTmp, outPtr,
+    ]);
+    this.exec([{ cmds: [cmd], units: H }], work);
+  }
+
+  /**
+   * The tokens `rows` of one sequence without absorbing kv_b: its cached rows 0..L-1 gathered,
+   * their latents times kv_b (the matmul kernels: the integer path, latents in q8 blocks, for
+   * a block-format kv_b as for any matmul; float otherwise) give every head's keys and values,
+   * then mha_prefill. Per token and row that is nope + rope + vDim multiply-adds per head
+   * instead of 2·kvRank + rope, for L·kvRank·H·(nope + vDim) once per chunk.
+   */
+  private mlaExpanded(shard: Shard, qAll: number, kvB: SimdWeight, pool: SimdKVPool, layer: number, batch: AttentionBatch, s: MlaShape,
+    rows: number[], out: SimdTensor): void {
+    const H = s.heads, R = s.kvRank, P = s.ropeDim, N = s.nopeDim, V = s.vDim, qStride = N + P, B = pool.blockSize, W = pool.width;
+    const cnt = rows.length;
+    const table = batch.blockTables[batch.seqIndex[rows[0]]];
+    let L = 0;
+    for (const i of rows) L = Math.max(L, batch.positions[i] + 1);
+    // The sequence's cached rows, in order.
+    const lat = this.temp(shard, L * W * 4);
+    const latV = shard.f32(lat, L * W), cache = pool.data[layer];
+    for (let j = 0; j < L; j += B) {
+      const len = Math.min(B, L - j), from = table[j / B] * B * W;
+      latV.set(cache.subarray(from, from + len * W), j * W);
+    }
+    // Queries and positions of the tokens, and a block for their outputs.
+    const q = this.temp(shard, cnt * H * qStride * 4), pos = this.temp(shard, cnt * 4), o = this.temp(shard, cnt * H * V * 4);
+    const qV = shard.f32(q, cnt * H * qStride), src = shard.f32(qAll, batch.positions.length * H * qStride), posV = shard.i32(pos, cnt);
+    rows.forEach((i, r) => {
+      qV.set(src.subarray(i * H * qStride, (i + 1) * H * qStride), r * H * qStride);
+      posV[r] = batch.positions[i];
+    });
+    const kv = this.temp(shard, L * H * (N + V) * 4), scores = this.temp(shard, H * 4 * L * 4);
+    const at = this.weightAt(kvB, shard), m = H * (N + V);
+    // The decompression is a matmul like any other: on the integer path for a block-format kv_b
+    // (latents quantized to q8 blocks, as llama.cpp's matmuls quantize their inputs).
+    const int8 = this.int8For(kvB, L), groups: Group[] = [];
+    if (int8) {
+      const qz = this.quantized(shard, int8, lat, W, L, R);
+      groups.push({ cmds: [qz.cmd], units: L }, { cmds: [this.cmd(int8.matmul, shard, [...qz.args, L, at.ptr, R, 0, m, kv, m])], units: Math.ceil(m / 4) });
+    } else {
+      groups.push({ cmds: [this.cmd(kvB.kernels!.matmul, shard, [lat, W, L, at.ptr, R, 0, m, kv, m, at.scalesPtr, kvB.br, kvB.bc])], units: Math.ceil(m / 4) });
+    }
+    groups.push({ cmds: [this.cmd('mha_prefill', shard, [q, cnt, H, N, P, V, s.softmaxScale, kv, L, lat + R * 4, W, pos, scores, o, H * V])], units: H });
+    this.exec(groups, L * m * R + cnt * L * H * (N + P + V));
+    const res = shard.f32(o, cnt * H * V);
+    rows.forEach((i, r) => out.data.set(res.subarray(r * H * V, (r + 1) * H * V), i * H * V));
   }
 
   override moe(xIn: Tensor, rIn: Routing, experts: ExpertWeights[]): Tensor {
