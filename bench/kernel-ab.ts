@@ -1,7 +1,7 @@
 /**
  * A/B of two builds of the fast CPU backend's kernels, in one process, calls alternating.
  *
- *   node dist/bench/kernel-ab.js --a /tmp/dist-before --b dist [--formats q8_0,q4_k,q6_k]
+ *   node dist/bench/kernel-ab.js --a /tmp/dist-before --b dist [--formats q8_0,q4_k,q6_k] (also f32, bf16)
  *     [--tokens 1,256] [--threads 2] [--rounds 7] [--seconds 0.3] [--rows M]
  *
  * `--a`/`--b` are `dist` folders (copy one aside with `cp -r dist /tmp/dist-before` before a
@@ -16,7 +16,7 @@
 import { resolve } from 'node:path';
 import { pathToFileURL } from 'node:url';
 import { Command } from 'commander';
-import type { Backend, DeviceWeight, Tensor } from '../src/backends/backend.js';
+import type { Backend, DeviceWeight, HostWeight, Tensor } from '../src/backends/backend.js';
 import type { PackedFormat } from '../src/formats/quant.js';
 import { packedRowBytes, quantizeRow } from '../src/formats/quant.js';
 
@@ -73,17 +73,23 @@ async function main(): Promise<void> {
   console.log('| format | tokens | weight | A | B | B / A (median of rounds) |');
   console.log('|---|---|---|---|---|---|');
   try {
-    for (const format of o.formats.split(',') as PackedFormat[]) {
+    for (const format of o.formats.split(',') as (PackedFormat | 'f32' | 'bf16')[]) {
       for (const n of o.tokens.split(',').map(Number)) {
         const [m, k] = [o.rows ?? (n === 1 ? 16384 : 2816), 2048];
-        const rb = packedRowBytes(format, k);
-        if (rb === null) throw new Error(`${format}: ${k} columns are not whole blocks`);
         const values = Float32Array.from({ length: m * k }, rnd);
-        const data = new Uint8Array(m * rb);
-        for (let r = 0; r < m; r++) quantizeRow(format, values, r * k, k, data, r * rb);
+        let data: Uint8Array | Uint16Array | Float32Array;
+        if ((format as string) === 'f32') data = values;
+        else if ((format as string) === 'bf16') data = Uint16Array.from(new Uint32Array(values.buffer), (u) => u >>> 16);
+        else {
+          const packed = format as PackedFormat, rb = packedRowBytes(packed, k);
+          if (rb === null) throw new Error(`${format}: ${k} columns are not whole blocks`);
+          const bytes = new Uint8Array(m * rb);
+          for (let r = 0; r < m; r++) quantizeRow(packed, values, r * k, k, bytes, r * rb);
+          data = bytes;
+        }
         const x = Float32Array.from({ length: n * k }, rnd);
         const setups = backends.map((be) => {
-          const w: DeviceWeight = be.uploadWeight({ name: 'w', format, rows: m, cols: k, data: data.slice() });
+          const w: DeviceWeight = be.uploadWeight({ name: 'w', format, rows: m, cols: k, data: data.slice() } as HostWeight);
           const xt: Tensor = be.fromHost(x, n, k);
           return { be, w, xt };
         });
