@@ -39,6 +39,8 @@ backendConformance('cpu-simd (2 threads, SIMD128 build)', () => SimdCpuBackend.c
 // Latent attention without absorption for every token (by default only where it pays: the
 // larger scenario's prefill chunks, which run both paths in one call).
 backendConformance('cpu-simd (2 threads, attention always expanded)', () => SimdCpuBackend.create({ threads: 2, minParallelWork: 0, mlaExpand: 'always' }), { q8Activations, mlaQ8Latents: mlaQ8Latents(true) });
+// No scratch allowed for the expanded path: every sequence falls back to the absorbed kernel.
+backendConformance('cpu-simd (2 threads, expanded attention without scratch)', () => SimdCpuBackend.create({ threads: 2, minParallelWork: 0, mlaExpand: 'always', mlaExpandMaxBytes: 0 }), { q8Activations });
 backendConformance('cpu-simd (2 threads, 4 MiB shards)', () => SimdCpuBackend.create({ threads: 2, minParallelWork: 0, shardBytes: 4 << 20, gcBudgetBytes: 1 << 20 }), { q8Activations, mlaQ8Latents: mlaQ8Latents(false) });
 
 /** The same weight with every subnormal code replaced by the smallest normal one of its sign. */

@@ -67,6 +67,13 @@ export interface SimdCpuOptions {
    * (mlaExpandPays: prefill chunks), 'always', or 'never' (the absorbed kernel only).
    */
   mlaExpand?: 'auto' | 'always' | 'never';
+  /**
+   * Most bytes of scratch the expanded path may take for one sequence (its keys and values:
+   * cached rows · heads · (nope + vDim) floats; default 256 MiB), and never more than half of
+   * the shard's free room: past that the sequence takes the absorbed kernel, whose scratch does
+   * not grow with the cache.
+   */
+  mlaExpandMaxBytes?: number;
 }
 
 /**
@@ -287,6 +294,7 @@ export class SimdCpuBackend extends CpuBackend {
   private readonly gcBudget: number;
   private readonly int8MinTokens: number;
   private readonly mlaExpand: 'auto' | 'always' | 'never';
+  private readonly mlaExpandMaxBytes: number;
   private shards: Shard[] = [];
   private temps: Held[] = [];
   private disposed = false;
@@ -312,6 +320,7 @@ export class SimdCpuBackend extends CpuBackend {
     this.gcBudget = opts.gcBudgetBytes ?? 64 << 20;
     this.int8MinTokens = opts.int8MinTokens ?? INT8_MIN_TOKENS;
     this.mlaExpand = opts.mlaExpand ?? 'auto';
+    this.mlaExpandMaxBytes = opts.mlaExpandMaxBytes ?? 256 << 20;
     const first = new Shard(0, this.shardBytes);
     this.shards.push(first);
     this.pool = new KernelPool(this.module, this.threads, [first.memory], opts.spinMicros);
@@ -672,7 +681,10 @@ export class SimdCpuBackend extends CpuBackend {
     for (const list of bySeq.values()) {
       let length = 0;
       for (const i of list) length = Math.max(length, batch.positions[i] + 1);
-      const expand = this.mlaExpand === 'always' || (this.mlaExpand === 'auto' && mlaExpandPays(s, list.length, length));
+      // Scratch: the gathered rows, keys and values, scores, the tokens' queries and outputs.
+      const bytes = 4 * (length * (pool.width + H * (s.nopeDim + s.vDim) + 4 * H) + list.length * H * (qStride + s.vDim + 1));
+      const fits = bytes <= Math.min(this.mlaExpandMaxBytes, shard.room / 2);
+      const expand = fits && (this.mlaExpand === 'always' || (this.mlaExpand === 'auto' && mlaExpandPays(s, list.length, length)));
       if (expand) expanded.push(list);
       else for (const i of list) absorbed.push(i);
     }
