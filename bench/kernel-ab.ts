@@ -1,7 +1,7 @@
 /**
  * A/B of two builds of the fast CPU backend's kernels, in one process, calls alternating.
  *
- *   node dist/bench/kernel-ab.js --a /tmp/dist-before --b dist [--formats q8_0,q4_k,q6_k] (also f32, bf16)
+ *   node dist/bench/kernel-ab.js --a /tmp/dist-before --b dist [--formats q8_0,q4_k,q6_k] (also f32, bf16) [--rows M] [--cols K]
  *     [--tokens 1,256] [--threads 2] [--rounds 7] [--seconds 0.3] [--rows M]
  *
  * `--a`/`--b` are `dist` folders (copy one aside with `cp -r dist /tmp/dist-before` before a
@@ -59,8 +59,9 @@ async function main(): Promise<void> {
     .option('--rounds <n>', 'alternating rounds', (v) => parseInt(v, 10), 7)
     .option('--seconds <s>', 'seconds per build per round', (v) => parseFloat(v), 0.3)
     .option('--rows <m>', 'weight rows (default 16384 for one token, 2816 for more)', (v) => parseInt(v, 10))
+    .option('--cols <k>', 'weight columns', (v) => parseInt(v, 10), 2048)
     .parse()
-    .opts<{ a: string; b: string; formats: string; tokens: string; threads: number; rounds: number; seconds: number; rows?: number }>();
+    .opts<{ a: string; b: string; formats: string; tokens: string; threads: number; rounds: number; seconds: number; rows?: number; cols: number }>();
 
   const builds = [await loadBuild('A', o.a), await loadBuild('B', o.b)];
   const backends = await Promise.all(builds.map((b) => b.create(o.threads)));
@@ -75,7 +76,7 @@ async function main(): Promise<void> {
   try {
     for (const format of o.formats.split(',') as (PackedFormat | 'f32' | 'bf16')[]) {
       for (const n of o.tokens.split(',').map(Number)) {
-        const [m, k] = [o.rows ?? (n === 1 ? 16384 : 2816), 2048];
+        const [m, k] = [o.rows ?? (n === 1 ? 16384 : 2816), o.cols];
         const values = Float32Array.from({ length: m * k }, rnd);
         let data: Uint8Array | Uint16Array | Float32Array;
         if ((format as string) === 'f32') data = values;
