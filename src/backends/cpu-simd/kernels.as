@@ -1286,6 +1286,26 @@ export function mla_q6_k(q: usize, n: i32, H: i32, nope: i32, rope: i32, vDim: i
 // stays below 2^31 (256 · 4096 · 127).
 
 /**
+ * q8 scale of the `len` floats at p: d = max |x| / 127, stored at sp; returns 1 / d as a splat
+ * (0 for an all-zero block, whose codes are then 0).
+ */
+// @ts-ignore: decorator
+@inline function q8scale(p: usize, len: i32, sp: usize): v128 {
+  let m = f32x4.splat(0);
+  for (let c = 0; c < len; c += 4) m = f32x4.max(m, v128.and(v128.load(fptr(p, c)), i32x4.splat(0x7fffffff)));
+  const amax = max(max(f32x4.extract_lane(m, 0), f32x4.extract_lane(m, 1)), max(f32x4.extract_lane(m, 2), f32x4.extract_lane(m, 3)));
+  const d: f32 = amax / 127;
+  store<f32>(sp, d);
+  return f32x4.splat(d != 0 ? <f32>1 / d : 0);
+}
+
+/** Codes round(x · id) (ties to even) of the four floats at p, as i32x4. */
+// @ts-ignore: decorator
+@inline function q8codes4(p: usize, id: v128): v128 {
+  return i32x4.trunc_sat_f32x4_s(f32x4.nearest(f32x4.mul(v128.load(p), id)));
+}
+
+/**
  * Activation rows [0, n) of x (stride xs floats, k values) as q8 blocks of `bl` values: code
  * round(x / d) with d = max |x| / 127 per block, stored as int16 in codes [n, k]; scales d at
  * scales[b · np + i] (block-major, np = n rounded up to 4, so four tokens' scales are one load);
@@ -1300,22 +1320,14 @@ export function mla_q6_k(q: usize, n: i32, H: i32, nope: i32, rope: i32, vDim: i
 export function quantize_q8(x: usize, xs: i32, n: i32, k: i32, bl: i32, codes: usize, scales: usize, sums: usize, part: i32, parts: i32): void {
   const lo = shareLo(0, n, 1, part, parts), hi = shareHi(0, n, 1, part, parts);
   const np = (n + 3) & ~3, nb = k / bl;
-  const absMask = i32x4.splat(0x7fffffff);
   for (let i = lo; i < hi; i++) {
     const xr = x + (<usize>i * <usize>xs << 2), cr = codes + (<usize>i * <usize>k << 1);
     const cd = cr + (<usize>n * <usize>k << 1);
     for (let b = 0; b < nb; b++) {
       const c0 = b * bl;
-      let m = f32x4.splat(0);
-      for (let c = c0; c < c0 + bl; c += 4) m = f32x4.max(m, v128.and(v128.load(fptr(xr, c)), absMask));
-      const amax = max(max(f32x4.extract_lane(m, 0), f32x4.extract_lane(m, 1)), max(f32x4.extract_lane(m, 2), f32x4.extract_lane(m, 3)));
-      const d: f32 = amax / 127;
-      const id = f32x4.splat(d != 0 ? <f32>1 / d : 0);
-      store<f32>(fptr(scales, b * np + i), d);
+      const id = q8scale(fptr(xr, c0), bl, fptr(scales, b * np + i));
       for (let c = c0; c < c0 + bl; c += 8) {
-        const q0 = i32x4.trunc_sat_f32x4_s(f32x4.nearest(f32x4.mul(v128.load(fptr(xr, c)), id)));
-        const q1 = i32x4.trunc_sat_f32x4_s(f32x4.nearest(f32x4.mul(v128.load(fptr(xr, c + 4)), id)));
-        const q = i16x8.narrow_i32x4_s(q0, q1);
+        const q = i16x8.narrow_i32x4_s(q8codes4(fptr(xr, c), id), q8codes4(fptr(xr, c + 4), id));
         v128.store(cr + (<usize>c << 1), q);
         if (n < 4 && (c & 8)) {
           const qa = v128.load(cr + (<usize>(c - 8) << 1)), dp = cd + (<usize>(c - 8) << 1);
@@ -1953,24 +1965,15 @@ export function imatmul_q6_k(xc: usize, sc: usize, sums: usize, n: i32, w: usize
 export function quantize_q8r(x: usize, xs: i32, n: i32, k: i32, codes: usize, scales: usize, sums: usize, sumBl: i32, part: i32, parts: i32): void {
   const lo = shareLo(0, n, 1, part, parts), hi = shareHi(0, n, 1, part, parts);
   const np = (n + 3) & ~3, nb = k >> 8;
-  const absMask = i32x4.splat(0x7fffffff);
   for (let i = lo; i < hi; i++) {
     const xr = x + (<usize>i * <usize>xs << 2), cr = codes + <usize>i * <usize>k;
     const sr = sums + ((<usize>i * <usize>(k / sumBl)) << 1);
     for (let b = 0; b < nb; b++) {
       const c0 = b << 8;
-      let m = f32x4.splat(0);
-      for (let c = c0; c < c0 + 256; c += 4) m = f32x4.max(m, v128.and(v128.load(fptr(xr, c)), absMask));
-      const amax = max(max(f32x4.extract_lane(m, 0), f32x4.extract_lane(m, 1)), max(f32x4.extract_lane(m, 2), f32x4.extract_lane(m, 3)));
-      const d: f32 = amax / 127;
-      const id = f32x4.splat(d != 0 ? <f32>1 / d : 0);
-      store<f32>(fptr(scales, b * np + i), d);
+      const id = q8scale(fptr(xr, c0), 256, fptr(scales, b * np + i));
       for (let c = c0; c < c0 + 256; c += 16) {
-        const q0 = i32x4.trunc_sat_f32x4_s(f32x4.nearest(f32x4.mul(v128.load(fptr(xr, c)), id)));
-        const q1 = i32x4.trunc_sat_f32x4_s(f32x4.nearest(f32x4.mul(v128.load(fptr(xr, c + 4)), id)));
-        const q2 = i32x4.trunc_sat_f32x4_s(f32x4.nearest(f32x4.mul(v128.load(fptr(xr, c + 8)), id)));
-        const q3 = i32x4.trunc_sat_f32x4_s(f32x4.nearest(f32x4.mul(v128.load(fptr(xr, c + 12)), id)));
-        const w0 = i16x8.narrow_i32x4_s(q0, q1), w1 = i16x8.narrow_i32x4_s(q2, q3);
+        const w0 = i16x8.narrow_i32x4_s(q8codes4(fptr(xr, c), id), q8codes4(fptr(xr, c + 4), id));
+        const w1 = i16x8.narrow_i32x4_s(q8codes4(fptr(xr, c + 8), id), q8codes4(fptr(xr, c + 12), id));
         v128.store(cr + <usize>c, i8x16.narrow_i16x8_s(w0, w1));
         const s4 = i32x4.add(i32x4.extadd_pairwise_i16x8_s(w0), i32x4.extadd_pairwise_i16x8_s(w1));
         const t = <i16>(i32x4.extract_lane(s4, 0) + i32x4.extract_lane(s4, 1) + i32x4.extract_lane(s4, 2) + i32x4.extract_lane(s4, 3));
