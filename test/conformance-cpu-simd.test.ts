@@ -9,6 +9,7 @@
  * few subnormals, like real checkpoints) and that the choice is made as documented.
  */
 import { after, before, describe, it } from 'node:test';
+import { spawnSync } from 'node:child_process';
 import assert from 'node:assert/strict';
 import type { HostWeight, MlaShape } from '../src/backends/backend.js';
 import { kernelsFor } from '../src/backends/cpu-simd/formats.js';
@@ -76,6 +77,13 @@ describe('cpu-simd: fast and subnormal-safe decoders', () => {
     assert.equal(s128.relaxed, false);
     assert.match(b.info.name, b.relaxed ? /\+ relaxed/ : /^cpu \(WebAssembly SIMD, /);
     assert.doesNotMatch(s128.info.name, /relaxed/);
+    // SHOAL_RELAXED_SIMD=0 keeps the SIMD128 build for the whole process.
+    const mod = new URL('../src/backends/cpu-simd/simd-backend.js', import.meta.url).href;
+    const child = spawnSync(process.execPath, ['--input-type=module', '-e',
+      `const m = await import(${JSON.stringify(mod)}); const b = await m.SimdCpuBackend.create({ threads: 1 }); console.log(m.relaxedSimdUsable(), b.relaxed); b.dispose();`],
+    { encoding: 'utf8', env: { ...process.env, SHOAL_RELAXED_SIMD: '0' }, timeout: 60000 });
+    assert.equal(child.status, 0, child.stderr);
+    assert.equal(child.stdout.trim(), 'false false');
     const major = Number(process.versions.node.split('.')[0]);
     // Every Node this project supports (>= 20) on x86-64 or Arm64 runs it.
     if (major >= 20 && (process.arch === 'x64' || process.arch === 'arm64')) assert.equal(b.relaxed, true, 'relaxed SIMD usable here');
