@@ -269,6 +269,16 @@ class SimdKVPool implements KVPool {
   }
 }
 
+/** dst row r = src row rows[r], for rows of `width` floats. */
+function gatherRows(dst: Float32Array, src: Float32Array, rows: readonly number[], width: number): void {
+  rows.forEach((i, r) => dst.set(src.subarray(i * width, (i + 1) * width), r * width));
+}
+
+/** dst row rows[r] = src row r, for rows of `width` floats. */
+function scatterRows(dst: Float32Array, src: Float32Array, rows: readonly number[], width: number): void {
+  rows.forEach((i, r) => dst.set(src.subarray(r * width, (r + 1) * width), i * width));
+}
+
 interface Held {
   shard: Shard;
   ptr: number;
@@ -699,7 +709,7 @@ export class SimdCpuBackend extends CpuBackend {
         const part = this.temp(shard, absorbed.length * H * s.vDim * 4);
         this.mlaAbsorbed(shard, q, kvB, pool, layer, batch, s, absorbed, maxLen, part, work);
         const src = shard.f32(part, absorbed.length * H * s.vDim);
-        absorbed.forEach((i, r) => out.data.set(src.subarray(r * H * s.vDim, (r + 1) * H * s.vDim), i * H * s.vDim));
+        scatterRows(out.data, src, absorbed, H * s.vDim);
       }
       for (const list of expanded) this.mlaExpanded(shard, q, kvB, pool, layer, batch, s, list, out);
       return out;
@@ -719,7 +729,7 @@ export class SimdCpuBackend extends CpuBackend {
       // Gather the rows into one block.
       q = this.temp(shard, n * H * qStride * 4);
       const dst = shard.f32(q, n * H * qStride), src = shard.f32(qAll, batch.positions.length * H * qStride);
-      rows.forEach((i, r) => dst.set(src.subarray(i * H * qStride, (i + 1) * H * qStride), r * H * qStride));
+      gatherRows(dst, src, rows, H * qStride);
     }
     const kv = this.weightAt(kvB, shard);
     // Per token: position and a pointer to its sequence's block table (copied into the shard).
@@ -774,10 +784,8 @@ export class SimdCpuBackend extends CpuBackend {
     // Queries and positions of the tokens, and a block for their outputs.
     const q = this.temp(shard, cnt * H * qStride * 4), pos = this.temp(shard, cnt * 4), o = this.temp(shard, cnt * H * V * 4);
     const qV = shard.f32(q, cnt * H * qStride), src = shard.f32(qAll, batch.positions.length * H * qStride), posV = shard.i32(pos, cnt);
-    rows.forEach((i, r) => {
-      qV.set(src.subarray(i * H * qStride, (i + 1) * H * qStride), r * H * qStride);
-      posV[r] = batch.positions[i];
-    });
+    gatherRows(qV, src, rows, H * qStride);
+    rows.forEach((i, r) => { posV[r] = batch.positions[i]; });
     const kv = this.temp(shard, L * H * (N + V) * 4), scores = this.temp(shard, H * 4 * L * 4);
     const at = this.weightAt(kvB, shard), m = H * (N + V);
     // The decompression is a matmul like any other: on the integer path for a block-format kv_b
@@ -792,7 +800,7 @@ export class SimdCpuBackend extends CpuBackend {
     groups.push({ cmds: [this.cmd('mha_prefill', shard, [q, cnt, H, N, P, V, s.softmaxScale, kv, L, lat + R * 4, W, pos, scores, o, H * V])], units: H });
     this.exec(groups, L * m * R + cnt * L * H * (N + P + V));
     const res = shard.f32(o, cnt * H * V);
-    rows.forEach((i, r) => out.data.set(res.subarray(r * H * V, (r + 1) * H * V), i * H * V));
+    scatterRows(out.data, res, rows, H * V);
   }
 
   override moe(xIn: Tensor, rIn: Routing, experts: ExpertWeights[]): Tensor {
